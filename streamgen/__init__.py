@@ -1,0 +1,1 @@
+"""streamgen: autoregressive streaming video generation."""
