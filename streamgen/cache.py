@@ -1,0 +1,396 @@
+"""Rolling KV cache, sink policies and position policies: everything block-causal attention needs.
+
+Vocabulary (all in latent frames; tokens per frame come from the patch grid):
+
+* chunk: ``C = chunk_frames`` frames denoised together; chunk ``c`` covers ``[c*C, (c+1)*C)``.
+* window: a query in a chunk ending at frame ``e`` sees the ``W = window_frames`` frames
+  ``[e - W, e)`` (its own chunk included) that are not sink frames.
+* sink: the first ``S = sink_frames`` frames, always visible, kept by a ``SinkPolicy``
+  (``anchor`` pins them, ``ema`` blends every evicted chunk into them, ``deep`` pins a large
+  sink and re-aligns its RoPE phase to sit just before the window).
+* position policy: ``absolute`` gives every frame its generation index as temporal RoPE position;
+  ``rebased`` subtracts a per-chunk offset so the sink sits at ``[0, S)`` and the window right after
+  it; positions stay bounded, so a stream of any length never leaves the trained range.
+
+The pure functions below define visibility and positions once. ``RollingKVCache`` implements them
+with constant memory for streaming; ``BlockCausalPlan`` implements the same attention on a full
+sequence with an explicit mask (training, and the reference the streaming path is tested against).
+Keys are stored without RoPE; rotation happens at read time from the positions of this chunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .attention import attention
+from .config import CacheConfig
+from .rope import apply_rope, rope_angles, rope_cos_sin
+
+# ---------------------------------------------------------------------------------------------
+# Pure geometry: which frames a chunk sees and at which temporal positions.
+# ---------------------------------------------------------------------------------------------
+
+
+def sink_valid_frames(cfg: CacheConfig, frame_start: int) -> int:
+    """Sink frames already generated before a chunk starting at ``frame_start``."""
+    return min(cfg.sink_frames, frame_start)
+
+
+def window_start(cfg: CacheConfig, frame_start: int, num_frames: int) -> int:
+    """First non-sink frame visible to a chunk ``[frame_start, frame_start + num_frames)``."""
+    lo = min(cfg.sink_frames, frame_start)
+    if not cfg.bounded:
+        return lo
+    return max(lo, frame_start + num_frames - cfg.window_frames)
+
+
+def sink_realigned(cfg: CacheConfig) -> bool:
+    """True when the sink's temporal phase is moved to sit just before the window."""
+    return cfg.sink_policy == "deep" or cfg.position_policy == "rebased"
+
+
+def position_offset(cfg: CacheConfig, frame_start: int, num_frames: int) -> int:
+    """Subtracted from absolute positions. ``rebased``: the visible sink starts at position 0."""
+    if cfg.position_policy == "absolute":
+        return 0
+    return window_start(cfg, frame_start, num_frames) - sink_valid_frames(cfg, frame_start)
+
+
+def sink_positions(cfg: CacheConfig, frame_start: int, num_frames: int) -> list[int]:
+    """Temporal positions of the visible sink frames, offset included."""
+    s = sink_valid_frames(cfg, frame_start)
+    base = window_start(cfg, frame_start, num_frames) - s if sink_realigned(cfg) else 0
+    off = position_offset(cfg, frame_start, num_frames)
+    return [base + i - off for i in range(s)]
+
+
+def frame_positions(cfg: CacheConfig, frames: list[int], frame_start: int, num_frames: int) -> list[int]:
+    """Temporal positions of window / query frames (given by absolute index) for this chunk."""
+    off = position_offset(cfg, frame_start, num_frames)
+    return [f - off for f in frames]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sink policies: one small class each, one interface.
+# ---------------------------------------------------------------------------------------------
+
+
+class SinkPolicy:
+    """What happens to the sink. Subclasses override only what differs."""
+
+    name = "none"
+    # Recompute the sink from its clean latents on a prompt re-cache (False: keep it as it is).
+    recache_sink = True
+
+    def __init__(self, cfg: CacheConfig):
+        self.cfg = cfg
+
+    def on_evict(self, sink_k: torch.Tensor, sink_v: torch.Tensor, old_k: torch.Tensor, old_v: torch.Tensor) -> None:
+        """Called with a chunk's K/V just before it leaves the window. In place. Default: drop it."""
+
+
+class AnchorSink(SinkPolicy):
+    """The first chunk(s) stay pinned (LongLive frame sink / StreamingLLM attention sink)."""
+
+    name = "anchor"
+
+
+class EmaSink(SinkPolicy):
+    """Sink initialised from the first chunk and updated with every evicted chunk (Reward Forcing)."""
+
+    name = "ema"
+    recache_sink = False  # its content is a blend of frames no longer stored: keep it
+
+    def on_evict(self, sink_k, sink_v, old_k, old_v):
+        a = self.cfg.ema_decay
+        sink_k.mul_(a).add_(old_k, alpha=1.0 - a)
+        sink_v.mul_(a).add_(old_v, alpha=1.0 - a)
+
+
+class DeepSink(AnchorSink):
+    """A large pinned sink whose RoPE phase is re-aligned to just before the window (Deep Forcing)."""
+
+    name = "deep"
+
+
+SINK_POLICY_CLASSES: dict[str, type[SinkPolicy]] = {
+    c.name: c for c in (SinkPolicy, AnchorSink, EmaSink, DeepSink)
+}
+
+
+def make_sink_policy(cfg: CacheConfig) -> SinkPolicy:
+    return SINK_POLICY_CLASSES[cfg.sink_policy](cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: the rolling cache.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheState:
+    """Host-side bookkeeping (plain ints: nothing here touches the device)."""
+
+    next_frame: int = 0  # start frame of the next chunk to commit
+    sink_filled: int = 0  # sink frames holding data
+    slot_frame: list[int] = field(default_factory=list)  # frame index held by each ring frame slot, -1 = empty
+
+
+@dataclass
+class TokenGrid:
+    """Patch grid of one latent frame."""
+
+    height: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+
+class RollingKVCache:
+    """Per-layer self-attention K/V of past chunks in constant memory.
+
+    Storage per layer: a sink buffer of ``S`` frames and a ring of ``R`` frame slots, where
+    ``R = W - C`` (the past frames a chunk can see) for a bounded window, or ``max_frames - S``
+    for an unbounded one. Tensors are ``[num_layers, B, frames * tokens_per_frame, H, D]``.
+    """
+
+    def __init__(
+        self,
+        cfg: CacheConfig,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        grid: TokenGrid,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_frames: int | None = None,
+        rope_theta: float = 10000.0,
+    ):
+        cfg.validate()
+        self.cfg, self.grid = cfg, grid
+        self.num_layers, self.head_dim, self.rope_theta = num_layers, head_dim, rope_theta
+        self.policy = make_sink_policy(cfg)
+        if cfg.bounded:
+            ring = cfg.window_frames - cfg.chunk_frames
+        else:
+            if max_frames is None:
+                raise ValueError("an unbounded window (cache.window_frames=-1) needs max_frames for the cache")
+            ring = max(max_frames - cfg.sink_frames, 0)
+        self.ring_frames = ring
+        t = grid.tokens
+        shape = (num_layers, batch_size, ring * t, num_heads, head_dim)
+        sink_shape = (num_layers, batch_size, cfg.sink_frames * t, num_heads, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.sink_k = torch.zeros(sink_shape, device=device, dtype=dtype)
+        self.sink_v = torch.zeros(sink_shape, device=device, dtype=dtype)
+        self.state = CacheState(slot_frame=[-1] * ring)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    @property
+    def next_frame(self) -> int:
+        return self.state.next_frame
+
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in (self.k, self.v, self.sink_k, self.sink_v))
+
+    def reset(self, keep_sink: bool = False) -> None:
+        """Forget the window (and the sink unless ``keep_sink``). Host state only: no device work."""
+        self.state.slot_frame = [-1] * self.ring_frames
+        if not keep_sink:
+            self.state.sink_filled = 0
+        self.state.next_frame = 0
+
+    def _slot(self, frame: int) -> int:
+        return (frame - self.cfg.sink_frames) % self.ring_frames
+
+    def view(self, frame_start: int | None = None, num_frames: int | None = None, write: bool = False) -> "CacheView":
+        """Attention for one chunk (read the past; with ``write``, store this chunk's K/V)."""
+        c = self.cfg
+        start = self.state.next_frame if frame_start is None else frame_start
+        n = c.chunk_frames if num_frames is None else num_frames
+        if start % c.chunk_frames or n != c.chunk_frames:
+            raise ValueError(f"chunks must be aligned: frame_start={start}, num_frames={n}, chunk_frames={c.chunk_frames}")
+        return CacheView(self, start, n, write)
+
+    def commit(self, view: "CacheView") -> None:
+        """Record on the host that ``view``'s chunk was written to every layer."""
+        s = self.state
+        for f in range(view.frame_start, view.frame_start + view.num_frames):
+            if f < self.cfg.sink_frames:
+                s.sink_filled = max(s.sink_filled, f + 1)
+            else:
+                s.slot_frame[self._slot(f)] = f
+        s.next_frame = view.frame_start + view.num_frames
+
+
+class CacheView:
+    """The read/write plan of one chunk: computed once on the host, used by every layer."""
+
+    def __init__(self, cache: RollingKVCache, frame_start: int, num_frames: int, write: bool):
+        cfg, t = cache.cfg, cache.grid.tokens
+        self.cache, self.frame_start, self.num_frames, self.write = cache, frame_start, num_frames, write
+        ws = window_start(cfg, frame_start, num_frames)
+        s_valid = sink_valid_frames(cfg, frame_start)
+        if s_valid > cache.state.sink_filled:
+            raise RuntimeError(
+                f"chunk at frame {frame_start} needs {s_valid} sink frames but the cache holds "
+                f"{cache.state.sink_filled}: generate (or re-cache) the sink chunks first"
+            )
+        self.sink_tokens = s_valid * t
+        # Ring slots whose frame is visible, in slot order (attention does not care about order).
+        slots = [i for i, f in enumerate(cache.state.slot_frame) if ws <= f < frame_start]
+        frames = [cache.state.slot_frame[i] for i in slots]
+        self.ring_index: torch.Tensor | slice
+        if slots == list(range(len(slots))):
+            self.ring_index = slice(0, len(slots) * t)
+        else:
+            tok = torch.tensor(slots)[:, None] * t + torch.arange(t)[None, :]
+            self.ring_index = tok.reshape(-1).to(cache.k.device)
+        # Rotation angles of every key (sink, ring, current chunk) and of the queries.
+        g, hd, th = cache.grid, cache.head_dim, cache.rope_theta
+        query_frames = list(range(frame_start, frame_start + num_frames))
+        key_pos = sink_positions(cfg, frame_start, num_frames) + frame_positions(cfg, frames, frame_start, num_frames)
+        q_pos = frame_positions(cfg, query_frames, frame_start, num_frames)
+        dev = cache.k.device
+        self.past_rope = rope_cos_sin(rope_angles(key_pos, g.height, g.width, hd, th), torch.float32, dev)
+        self.query_rope = rope_cos_sin(rope_angles(q_pos, g.height, g.width, hd, th), torch.float32, dev)
+        # Where this chunk goes when written.
+        self.write_sink = frame_start < cfg.sink_frames
+        if write and not self.write_sink:
+            if cache.ring_frames == 0:
+                raise RuntimeError("the cache has no ring slots (window_frames == chunk_frames): nothing to write")
+            first = cache._slot(frame_start)
+            occupied = cache.state.slot_frame[first : first + num_frames]
+            if not cfg.bounded and any(f >= 0 for f in occupied):
+                raise RuntimeError(
+                    f"unbounded cache is full at frame {frame_start}: raise max_frames or set cache.window_frames"
+                )
+            self.evicts = any(f >= 0 for f in occupied)
+            self.write_slice = slice(first * t, (first + num_frames) * t)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+        """Self-attention of this chunk's tokens. ``q, k, v``: ``[B, L, H, D]`` without RoPE."""
+        c = self.cache
+        past_k = torch.cat([c.sink_k[layer, :, : self.sink_tokens], c.k[layer][:, self.ring_index]], dim=1)
+        past_v = torch.cat([c.sink_v[layer, :, : self.sink_tokens], c.v[layer][:, self.ring_index]], dim=1)
+        qr = apply_rope(q, *self.query_rope)
+        keys = torch.cat([apply_rope(past_k, *self.past_rope), apply_rope(k, *self.query_rope)], dim=1)
+        values = torch.cat([past_v, v], dim=1)
+        out = attention(qr, keys, values, None, backend)
+        if self.write:
+            self._store(layer, k, v)
+        return out
+
+    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        c, t = self.cache, self.cache.grid.tokens
+        k, v = k.detach(), v.detach()  # the cache never carries gradient (Self-Forcing rollouts)
+        if self.write_sink:
+            sl = slice(self.frame_start * t, (self.frame_start + self.num_frames) * t)
+            c.sink_k[layer, :, sl] = k
+            c.sink_v[layer, :, sl] = v
+            return
+        if self.evicts:
+            c.policy.on_evict(c.sink_k[layer], c.sink_v[layer], c.k[layer, :, self.write_slice], c.v[layer, :, self.write_slice])
+        c.k[layer, :, self.write_slice] = k
+        c.v[layer, :, self.write_slice] = v
+
+
+# ---------------------------------------------------------------------------------------------
+# Full sequence: the same attention with an explicit mask (training; reference for tests).
+# ---------------------------------------------------------------------------------------------
+
+
+class BlockCausalPlan:
+    """Block-causal attention over a whole sequence of ``num_frames`` frames starting at ``frame_start``.
+
+    Keys are every frame at its absolute position plus, when there is a sink, one copy of the sink
+    per query chunk (its content per the sink policy, its positions per the position policy); a
+    boolean mask lets chunk ``c`` see its window and its own sink copy. RoPE is relative, so
+    absolute positions here give the same scores as the per-chunk offsets of ``rebased``.
+    """
+
+    def __init__(self, cfg: CacheConfig, num_frames: int, grid: TokenGrid, head_dim: int, rope_theta: float = 10000.0, frame_start: int = 0):
+        cfg.validate()
+        C = cfg.chunk_frames
+        if num_frames % C or frame_start % C:
+            raise ValueError(f"num_frames={num_frames} and frame_start={frame_start} must be multiples of chunk_frames={C}")
+        self.cfg, self.grid, self.num_frames, self.frame_start = cfg, grid, num_frames, frame_start
+        self.policy = make_sink_policy(cfg)
+        t = grid.tokens
+        n_chunks = num_frames // C
+        starts = [frame_start + i * C for i in range(n_chunks)]
+        self.chunks = [(s, window_start(cfg, s, C), sink_valid_frames(cfg, s)) for s in starts]
+        frames = list(range(frame_start, frame_start + num_frames))
+        angles = [rope_angles(frames, grid.height, grid.width, head_dim, rope_theta)]
+        S = cfg.sink_frames
+        # Mask over [all frame tokens | sink copy of chunk 0 | sink copy of chunk 1 | ...].
+        lq, lk = num_frames * t, num_frames * t + (n_chunks * S * t)
+        mask = torch.zeros(lq, lk, dtype=torch.bool)
+        for i, (s, ws, sv) in enumerate(self.chunks):
+            rows = slice((s - frame_start) * t, (s - frame_start + C) * t)
+            lo = max(ws, frame_start)
+            mask[rows, (lo - frame_start) * t : (s + C - frame_start) * t] = True
+            if S:
+                base = num_frames * t + i * S * t
+                mask[rows, base : base + sv * t] = True
+                pos = sink_positions(cfg, s, C)
+                off = position_offset(cfg, s, C)
+                # Back to absolute coordinates (queries and window keys use absolute positions).
+                pos = [p + off for p in pos] + [0] * (S - sv)
+                angles.append(rope_angles(pos, grid.height, grid.width, head_dim, rope_theta))
+        self.mask = mask
+        self.key_angles = torch.cat(angles, dim=0)
+        self.query_angles = angles[0]
+
+    def sink_copies(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-chunk sink K/V ``[B, n_chunks * S * T, H, D]`` from the sequence's own K/V.
+
+        Frames ``< frame_start`` are not in this sequence, so the sink needs ``frame_start == 0``.
+        Evictions follow the closed form: chunk ``j`` (a non-sink chunk) has left the window of
+        chunk ``c`` once ``(j + 1) * C <= window_start(c)``.
+        """
+        cfg, t, C, S = self.cfg, self.grid.tokens, self.cfg.chunk_frames, self.cfg.sink_frames
+        if self.frame_start:
+            raise ValueError("a full-sequence pass with a sink must start at frame 0")
+        # A sequence shorter than the sink leaves the rest of the sink empty (masked out).
+        pad = (0, 0, 0, 0, 0, max(S * t - k.shape[1], 0))
+        sink_k, sink_v = F.pad(k[:, : S * t], pad), F.pad(v[:, : S * t], pad)
+        evicted = S // C  # next non-sink chunk to evict
+        ks, vs = [], []
+        for s, ws, sv in self.chunks:
+            while (evicted + 1) * C <= ws:
+                sl = slice(evicted * C * t, (evicted + 1) * C * t)
+                self.policy.on_evict(sink_k, sink_v, k[:, sl], v[:, sl])
+                evicted += 1
+            ks.append(sink_k.clone())
+            vs.append(sink_v.clone())
+        return torch.cat(ks, dim=1), torch.cat(vs, dim=1)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+        """Masked self-attention of the whole sequence. ``q, k, v``: ``[B, F*T, H, D]`` without RoPE."""
+        if self.cfg.sink_frames:
+            sk, sv = self.sink_copies(k, v)
+            k, v = torch.cat([k, sk], dim=1), torch.cat([v, sv], dim=1)
+        dev = q.device
+        qr = apply_rope(q, *rope_cos_sin(self.query_angles, torch.float32, dev))
+        kr = apply_rope(k, *rope_cos_sin(self.key_angles, torch.float32, dev))
+        return attention(qr, kr, v, self.mask.to(dev), backend)
+
+
+class FullAttention:
+    """Bidirectional attention over the whole sequence (the teacher; parity with diffusers)."""
+
+    def __init__(self, num_frames: int, grid: TokenGrid, head_dim: int, rope_theta: float = 10000.0, frame_start: int = 0):
+        frames = list(range(frame_start, frame_start + num_frames))
+        self.angles = rope_angles(frames, grid.height, grid.width, head_dim, rope_theta)
+
+    def attend(self, layer: int, q, k, v, backend: str = "sdpa"):
+        cos, sin = rope_cos_sin(self.angles, torch.float32, q.device)
+        return attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, None, backend)

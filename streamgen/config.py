@@ -1,0 +1,198 @@
+"""Typed configuration: dataclasses mirrored by the YAML files under ``configs/``.
+
+Every YAML file is merged onto these dataclasses with omegaconf, so a misspelt key is an
+error that lists the valid keys instead of a silently ignored setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    """Wan DiT shape. Field names follow diffusers' ``WanTransformer3DModel`` config."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 12
+    attention_head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 8960
+    num_layers: int = 30
+    cross_attn_norm: bool = True
+    qk_norm: str = "rms_norm_across_heads"
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Self-attention kernel: "sdpa" (CPU/GPU), "flex" (GPU training), "xformers" (optional extra).
+    attention_backend: str = "sdpa"
+
+    @property
+    def dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def validate(self) -> None:
+        if self.attention_head_dim % 2:
+            raise ConfigError(f"model.attention_head_dim must be even for RoPE, got {self.attention_head_dim}")
+        if len(self.patch_size) != 3:
+            raise ConfigError(f"model.patch_size must be (t, h, w), got {self.patch_size}")
+        if self.qk_norm != "rms_norm_across_heads":
+            raise ConfigError(f"model.qk_norm: only 'rms_norm_across_heads' (Wan2.1) is supported, got {self.qk_norm!r}")
+
+
+SINK_POLICIES = ("none", "anchor", "ema", "deep")
+POSITION_POLICIES = ("absolute", "rebased")
+
+
+@dataclass
+class CacheConfig:
+    """Block-causal attention and the rolling KV cache, in latent frames (never tokens).
+
+    A query in chunk ``c`` attends to the ``window_frames`` most recent latent frames up to the end
+    of its own chunk (its chunk included), plus ``sink_frames`` sink frames.
+    """
+
+    chunk_frames: int = 3
+    window_frames: int = -1  # -1: attend to every past frame (the cache then needs max_frames)
+    sink_frames: int = 0
+    sink_policy: str = "none"  # none | anchor | ema | deep
+    position_policy: str = "absolute"  # absolute | rebased
+    ema_decay: float = 0.9  # ema sink: sink = decay * sink + (1 - decay) * evicted
+
+    @property
+    def bounded(self) -> bool:
+        return self.window_frames > 0
+
+    def validate(self) -> None:
+        c, w, s = self.chunk_frames, self.window_frames, self.sink_frames
+        if c < 1:
+            raise ConfigError(f"cache.chunk_frames must be >= 1, got {c}")
+        if self.sink_policy not in SINK_POLICIES:
+            raise ConfigError(f"cache.sink_policy must be one of {SINK_POLICIES}, got {self.sink_policy!r}")
+        if self.position_policy not in POSITION_POLICIES:
+            raise ConfigError(
+                f"cache.position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}"
+            )
+        if w != -1 and (w < c or w % c):
+            raise ConfigError(
+                f"cache.window_frames={w} must be -1 or a positive multiple of chunk_frames={c} "
+                "(the window holds whole chunks)"
+            )
+        if s % c:
+            raise ConfigError(f"cache.sink_frames={s} must be a multiple of chunk_frames={c}")
+        if self.sink_policy == "none" and s:
+            raise ConfigError(f"cache.sink_policy 'none' takes sink_frames=0, got {s}; pick anchor/ema/deep")
+        if self.sink_policy != "none" and not s:
+            raise ConfigError(f"cache.sink_policy {self.sink_policy!r} needs sink_frames > 0")
+        if self.sink_policy == "ema" and s != c:
+            raise ConfigError(
+                f"cache.sink_policy 'ema' blends one evicted chunk into the sink: sink_frames ({s}) "
+                f"must equal chunk_frames ({c})"
+            )
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ConfigError(f"cache.ema_decay must lie in [0, 1], got {self.ema_decay}")
+
+
+@dataclass
+class StreamGenConfig:
+    """Top-level config: one section per component."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        t = f.type if isinstance(f.type, type) else None
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if default is not None and dataclasses.is_dataclass(default):
+            keys += _valid_keys(type(default), f"{prefix}{f.name}.")
+        elif t is None or not dataclasses.is_dataclass(t):
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _section_keys(cls: type, full_key: str) -> list[str]:
+    """Valid keys of the section that ``full_key`` (e.g. ``cache.windw``) points into."""
+    parts = full_key.split(".")[:-1]
+    node: Any = cls()
+    for p in parts:
+        node = getattr(node, p, None)
+        if node is None or not dataclasses.is_dataclass(node):
+            break
+    else:
+        return [f.name for f in dataclasses.fields(node)]
+    return _valid_keys(cls)
+
+
+def load_config(
+    sources: Iterable[str | Path | dict] = (),
+    overrides: Iterable[str] = (),
+    schema: type = StreamGenConfig,
+) -> Any:
+    """Merge YAML files / dicts, then ``key=value`` dot-overrides, onto ``schema`` and validate.
+
+    Raises ConfigError naming an unknown key and listing the valid keys of its section.
+    """
+    merged = OmegaConf.structured(schema)
+    layers = []
+    for src in sources:
+        if isinstance(src, dict):
+            layers.append((str(src), OmegaConf.create(src)))
+        else:
+            path = Path(src)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            layers.append((str(path), OmegaConf.load(path)))
+    overrides = list(overrides)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value (e.g. cache.window_frames=12), got {bad}")
+        layers.append(("command-line overrides", OmegaConf.from_dotlist(overrides)))
+    for name, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as e:
+            key = getattr(e, "full_key", None) or str(e)
+            valid = ", ".join(_section_keys(schema, key))
+            raise ConfigError(f"unknown config key {key!r} in {name}; valid keys here: {valid}") from None
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", "?")
+            raise ConfigError(f"bad value for config key {key!r} in {name}: {e.msg if hasattr(e, 'msg') else e}") from None
+    cfg = OmegaConf.to_object(merged)
+    _tuplify(cfg)
+    cfg.validate()
+    return cfg
+
+
+def _tuplify(obj: Any) -> None:
+    """omegaconf turns tuples into lists; restore tuple-typed fields so configs stay hashable."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            _tuplify(v)
+        elif isinstance(v, list) and "tuple" in str(f.type):
+            setattr(obj, f.name, tuple(v))
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
