@@ -258,6 +258,7 @@ class CacheView:
         query_frames = list(range(frame_start, frame_start + num_frames))
         key_pos = sink_positions(cfg, frame_start, num_frames) + frame_positions(cfg, frames, frame_start, num_frames)
         q_pos = frame_positions(cfg, query_frames, frame_start, num_frames)
+        self.key_positions, self.query_positions = key_pos, q_pos
         dev = cache.k.device
         self.past_rope = rope_cos_sin(rope_angles(key_pos, g.height, g.width, hd, th), torch.float32, dev)
         self.query_rope = rope_cos_sin(rope_angles(q_pos, g.height, g.width, hd, th), torch.float32, dev)

@@ -1,0 +1,33 @@
+import pytest
+
+from streamgen.config import ConfigError, load_config
+
+
+def test_loads_yaml_with_overrides():
+    cfg = load_config(["configs/wan2.1_t2v_1.3b.yaml"], ["cache.window_frames=21", "cache.sink_policy=deep", "cache.sink_frames=9"])
+    assert cfg.model.dim == 1536 and cfg.model.num_layers == 30
+    assert cfg.model.patch_size == (1, 2, 2)
+    assert (cfg.cache.window_frames, cfg.cache.sink_policy) == (21, "deep")
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("cache:\n  windw_frames: 12\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([p])
+    msg = str(e.value)
+    assert "windw_frames" in msg and "window_frames" in msg and "sink_policy" in msg
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config([], ["model.nm_layers=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config([], ["model.num_layers"])
+
+
+def test_invalid_value_is_an_error():
+    with pytest.raises(ConfigError, match="multiple of chunk_frames"):
+        load_config(["configs/tiny.yaml"], ["cache.window_frames=5"])
+    with pytest.raises(ConfigError, match="num_layers"):
+        load_config([], ["model.num_layers=abc"])
