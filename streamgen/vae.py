@@ -1,0 +1,245 @@
+"""Video autoencoders behind the Wan VAE's interface, each with a streaming decoder.
+
+Geometry (Wan2.1): 8x spatial and 4x temporal compression, causal in time, ``1 + 4k`` pixel frames
+map to ``1 + k`` latent frames (the first latent frame holds one pixel frame). Pixels are in
+``[-1, 1]`` as ``[B, 3, F, H, W]``; latents are normalised (what the DiT sees) ``[B, z, f, h, w]``.
+
+* ``WanVAE`` adapts diffusers' ``AutoencoderKLWan``; its streaming decoder keeps the causal
+  convolution feature cache between chunks (the only place that touches diffusers' private cache
+  attributes, pinned by a test).
+* ``PCAVideoVAE`` is the embedded default: a linear autoencoder of space-time patches fitted in
+  closed form (PCA) on toy-world clips. Each latent frame decodes on its own, so streaming is exact.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+def latent_frames(pixel_frames: int, temporal: int = 4) -> int:
+    if pixel_frames < 1 or (pixel_frames - 1) % temporal:
+        raise ValueError(f"a causal video VAE takes 1 + {temporal}k pixel frames, got {pixel_frames}")
+    return 1 + (pixel_frames - 1) // temporal
+
+
+def pixel_frames(num_latent_frames: int, temporal: int = 4, first: bool = True) -> int:
+    """Pixel frames decoded from ``num_latent_frames`` (including the 1-frame first latent if ``first``)."""
+    return temporal * num_latent_frames - (temporal - 1 if first else 0)
+
+
+class StreamDecoder:
+    """Decodes consecutive latent chunks of one video; call ``decode`` in order."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class VideoVAE(nn.Module):
+    z_dim: int
+    spatial = 8
+    temporal = 4
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Whole-video decode (reference for the streaming decoder)."""
+        return self.stream_decoder().decode(latents)
+
+    def stream_decoder(self) -> StreamDecoder:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers AutoencoderKLWan
+# ---------------------------------------------------------------------------------------------
+
+
+class WanStreamDecoder(StreamDecoder):
+    def __init__(self, vae: "WanVAE"):
+        self.vae = vae
+        self.feat_map = [None] * vae.model._cached_conv_counts["decoder"]
+        self.first = True
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        m = self.vae.model
+        x = m.post_quant_conv(self.vae.denormalize(latents))
+        outs = []
+        for i in range(x.shape[2]):
+            idx = [0]
+            outs.append(m.decoder(x[:, :, i : i + 1], feat_cache=self.feat_map, feat_idx=idx, first_chunk=self.first))
+            self.first = False
+        out = torch.cat(outs, dim=2)
+        if m.config.patch_size is not None:
+            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+            out = unpatchify(out, patch_size=m.config.patch_size)
+        return out.clamp(-1.0, 1.0)
+
+
+class WanVAE(VideoVAE):
+    """diffusers ``AutoencoderKLWan`` with Wan's latent normalisation and a streaming decoder."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval()
+        c = model.config
+        self.z_dim = c.z_dim
+        self.register_buffer("mean", torch.tensor(c.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(c.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kw) -> "WanVAE":
+        from diffusers import AutoencoderKLWan
+
+        return cls(AutoencoderKLWan.from_pretrained(path, **kw))
+
+    def normalize(self, z):
+        return (z - self.mean.to(z)) / self.std.to(z)
+
+    def denormalize(self, z):
+        return z * self.std.to(z) + self.mean.to(z)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.model.encode(video).latent_dist.mode())
+
+    def stream_decoder(self) -> StreamDecoder:
+        return WanStreamDecoder(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# PCA patch autoencoder (embedded default)
+# ---------------------------------------------------------------------------------------------
+
+
+def _patches(video: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """``[B, 3, F, H, W]`` (F divisible by t) -> ``[B, F/t, H/s, W/s, 3*t*s*s]``."""
+    b, c, f, h, w = video.shape
+    x = video.reshape(b, c, f // t, t, h // s, s, w // s, s)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, f // t, h // s, w // s, c * t * s * s)
+
+
+def _unpatches(p: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    b, ft, hs, ws, _ = p.shape
+    x = p.reshape(b, ft, hs, ws, 3, t, s, s).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return x.reshape(b, 3, ft * t, hs * s, ws * s)
+
+
+class PCAStreamDecoder(StreamDecoder):
+    def __init__(self, vae: "PCAVideoVAE"):
+        self.vae, self.first = vae, True
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        v = self.vae
+        outs = []
+        if self.first and latents.shape[2]:
+            outs.append(v._decode_group(latents[:, :, :1], first=True))
+            latents = latents[:, :, 1:]
+            self.first = False
+        if latents.shape[2]:
+            outs.append(v._decode_group(latents, first=False))
+        return torch.cat(outs, dim=2)
+
+
+class PCAVideoVAE(VideoVAE):
+    """Linear space-time patch autoencoder: latents = (patch - mean) @ basis^T / scale."""
+
+    def __init__(self, z_dim: int = 64):
+        super().__init__()
+        self.z_dim = z_dim
+        s, t = self.spatial, self.temporal
+        first, rest = 3 * s * s, 3 * t * s * s
+        self.register_buffer("first_mean", torch.zeros(first))
+        self.register_buffer("first_basis", torch.zeros(z_dim, first))
+        self.register_buffer("mean", torch.zeros(rest))
+        self.register_buffer("basis", torch.zeros(z_dim, rest))
+        self.register_buffer("scale", torch.ones(()))
+
+    def _encode_group(self, video: torch.Tensor, first: bool) -> torch.Tensor:
+        t = 1 if first else self.temporal
+        mean, basis = (self.first_mean, self.first_basis) if first else (self.mean, self.basis)
+        z = (_patches(video, t, self.spatial) - mean) @ basis.T / self.scale
+        return z.permute(0, 4, 1, 2, 3)
+
+    def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
+        t = 1 if first else self.temporal
+        mean, basis = (self.first_mean, self.first_basis) if first else (self.mean, self.basis)
+        p = (latents.permute(0, 2, 3, 4, 1) * self.scale) @ basis + mean
+        return _unpatches(p, t, self.spatial)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        latent_frames(video.shape[2], self.temporal)
+        parts = [self._encode_group(video[:, :, :1], first=True)]
+        if video.shape[2] > 1:
+            parts.append(self._encode_group(video[:, :, 1:], first=False))
+        return torch.cat(parts, dim=2)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return PCAStreamDecoder(self)
+
+    @torch.no_grad()
+    def fit(self, clips: torch.Tensor, max_patches: int = 400_000, seed: int = 0) -> dict:
+        """Fit means and principal directions on clips ``[N, 3, 1+4k, H, W]`` in [-1, 1]; returns stats."""
+        g = torch.Generator().manual_seed(seed)
+        stats = {}
+        for first in (True, False):
+            vid = clips[:, :, :1] if first else clips[:, :, 1:]
+            p = _patches(vid.double(), 1 if first else self.temporal, self.spatial).reshape(-1, vid.shape[1] * (1 if first else self.temporal) * self.spatial**2)
+            if p.shape[0] > max_patches:
+                p = p[torch.randperm(p.shape[0], generator=g)[:max_patches]]
+            mean = p.mean(0)
+            cov = (p - mean).T @ (p - mean) / (p.shape[0] - 1)
+            evals, evecs = torch.linalg.eigh(cov)
+            order = evals.argsort(descending=True)[: self.z_dim]
+            basis = evecs[:, order].T
+            if first:
+                self.first_mean.copy_(mean), self.first_basis.copy_(basis)
+            else:
+                self.mean.copy_(mean), self.basis.copy_(basis)
+                # one global scale keeps the channels' relative variance (the DiT loss weighs
+                # strong components more) while giving the latents unit average variance
+                self.scale.copy_(evals[order].mean().sqrt())
+            stats["explained_first" if first else "explained"] = (evals[order].sum() / evals.sum()).item()
+        return stats
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "vae.safetensors"))
+        (d / "config.json").write_text(json.dumps({"type": "pca", "z_dim": self.z_dim}, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PCAVideoVAE":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg = json.loads((d / "config.json").read_text())
+        if cfg.get("type") != "pca":
+            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not 'pca'")
+        vae = cls(cfg["z_dim"])
+        vae.load_state_dict(load_file(str(d / "vae.safetensors")))
+        return vae.eval()
+
+
+def load_vae(path: str | Path) -> VideoVAE:
+    """A PCA VAE directory (``config.json`` type 'pca') or a diffusers AutoencoderKLWan directory."""
+    d = Path(path)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no VAE at {d}: expected a directory with config.json")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("type") == "pca":
+        return PCAVideoVAE.load(d)
+    if cfg.get("_class_name") == "AutoencoderKLWan":
+        return WanVAE.from_pretrained(d)
+    raise ValueError(f"{cfg_path} is neither a PCA VAE nor a diffusers AutoencoderKLWan config")
