@@ -1,0 +1,102 @@
+"""Flow-matching sampling math as small pure functions, and the one denoising step function.
+
+Convention (Wan, rectified flow): ``x_sigma = (1 - sigma) * x0 + sigma * noise``, the model predicts
+the flow ``v = noise - x0`` and takes ``timestep = sigma * 1000``.
+
+``denoise_step`` is the only place a denoising prediction becomes the next latent: streaming
+inference, training rollouts, the rolling schedule and the pipeline-parallel runtime all call it
+(the last with a ``predict`` that runs the model across ranks).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigma(sigma: float | torch.Tensor, shift: float):
+    """Timestep shift of Wan / SD3: ``shift * s / (1 + (shift - 1) * s)``."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def few_step_sigmas(steps: Sequence[int], shift: float, warp: bool) -> list[float]:
+    """Sigmas of a distilled student's step list (e.g. ``[1000, 750, 500, 250]``).
+
+    With ``warp`` the steps index the shifted 1000-step training grid (Self-Forcing's
+    ``warp_denoising_step``): step ``s`` -> ``shift_sigma(s / 1000)``.
+    """
+    if any(not 0 < s <= NUM_TRAIN_TIMESTEPS for s in steps) or list(steps) != sorted(steps, reverse=True):
+        raise ValueError(f"denoising steps must be decreasing values in (0, {NUM_TRAIN_TIMESTEPS}], got {list(steps)}")
+    sig = [s / NUM_TRAIN_TIMESTEPS for s in steps]
+    return [float(shift_sigma(s, shift)) for s in sig] if warp else sig
+
+
+def teacher_sigmas(num_steps: int, shift: float) -> list[float]:
+    """Many-step Euler grid: ``num_steps + 1`` shifted sigmas from 1 to 0 (as diffusers' FlowMatchEulerDiscreteScheduler)."""
+    # diffusers spaces the unshifted grid down to the *shifted* smallest training sigma; we match it
+    base = torch.linspace(1.0, shift_sigma(1.0 / NUM_TRAIN_TIMESTEPS, shift), num_steps, dtype=torch.float64)
+    return [float(s) for s in shift_sigma(base, shift)] + [0.0]
+
+
+def timestep(sigma: float | torch.Tensor):
+    return sigma * NUM_TRAIN_TIMESTEPS
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def x0_from_flow(x: torch.Tensor, flow: torch.Tensor, sigma) -> torch.Tensor:
+    return x - sigma * flow
+
+
+def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Training target of flow matching."""
+    return noise - x0
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    return uncond + scale * (cond - uncond)
+
+
+def seeded_noise(shape, seed: int, *key: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise that depends only on ``(seed, *key)`` (e.g. chunk and step index).
+
+    Drawn on the CPU so that one process, several ranks, or another device produce the same video.
+    """
+    g = torch.Generator().manual_seed(hash((seed,) + tuple(key)) & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def denoise_step(
+    predict: Predict,
+    x: torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor | None,
+    noise: torch.Tensor | None = None,
+    *,
+    euler: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advance latents ``x`` at noise level ``sigma`` by one step.
+
+    ``predict(x, timestep)`` returns the flow. Returns ``(x0, x_next)``: the clean estimate and the
+    input of the next step. Few-step (distilled) sampling re-noises ``x0`` to ``sigma_next`` with
+    fresh ``noise``; ``euler`` takes the deterministic ODE step instead (teachers). ``sigma`` may be a
+    tensor broadcastable to ``x`` (per-sample or per-frame levels).
+    """
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    t = timestep(s.reshape(s.shape[0], s.shape[2]) if s.ndim == 5 else s)  # [B,1,F,1,1] -> per-frame [B, F]
+    flow = predict(x, t)
+    x0 = x0_from_flow(x, flow, sigma)
+    if sigma_next is None or (not torch.is_tensor(sigma_next) and sigma_next == 0):
+        return x0, x0
+    if euler:
+        return x0, x + (sigma_next - sigma) * flow
+    if noise is None:
+        raise ValueError("few-step re-noising needs fresh noise")
+    return x0, add_noise(x0, noise, sigma_next)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from streamgen.sampler import add_noise, denoise_step, few_step_sigmas, seeded_noise, shift_sigma, teacher_sigmas, x0_from_flow
+
+
+@pytest.mark.parametrize("n,shift", [(10, 5.0), (30, 3.0), (5, 1.0)])
+def test_teacher_grid_matches_diffusers(n, shift):
+    s = FlowMatchEulerDiscreteScheduler(shift=shift)
+    s.set_timesteps(n)
+    assert torch.allclose(torch.tensor(teacher_sigmas(n, shift), dtype=torch.float64), s.sigmas.double(), atol=1e-6)
+
+
+def test_euler_step_matches_diffusers_step():
+    s = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    s.set_timesteps(8)
+    x = torch.randn(1, 4, 2, 3, 3)
+    flows = [torch.randn_like(x) for _ in range(8)]
+    ours, theirs = x.clone(), x.clone()
+    sig = teacher_sigmas(8, 5.0)
+    for i, t in enumerate(s.timesteps):
+        theirs = s.step(flows[i], t, theirs).prev_sample
+        _, ours = denoise_step(lambda a, b: flows[i], ours, sig[i], sig[i + 1], euler=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_warped_steps_are_on_the_shifted_grid():
+    # Self-Forcing: warped steps equal the shifted training grid at those indices
+    sig = few_step_sigmas([1000, 750, 500, 250], 5.0, warp=True)
+    assert sig[0] == 1.0
+    assert sig[1] == pytest.approx(5 * 0.75 / (1 + 4 * 0.75))
+    assert few_step_sigmas([1000, 500], 5.0, warp=False) == [1.0, 0.5]
+    with pytest.raises(ValueError, match="decreasing"):
+        few_step_sigmas([250, 500], 5.0, warp=True)
+
+
+def test_few_step_recovers_x0_for_an_exact_predictor():
+    """With the true flow, x0 comes back exactly and re-noising lands on the next noise level."""
+    x0, noise = torch.randn(2, 4, 3, 4, 4), torch.randn(2, 4, 3, 4, 4)
+    sigma, nxt = 0.9, 0.6
+    xt = add_noise(x0, noise, sigma)
+    fresh = torch.randn_like(x0)
+    est, x_next = denoise_step(lambda x, t: noise - x0, xt, sigma, nxt, fresh)
+    assert torch.allclose(est, x0, atol=1e-5)
+    assert torch.allclose(x_next, add_noise(x0, fresh, nxt), atol=1e-5)
+    assert torch.allclose(x0_from_flow(xt, noise - x0, sigma), x0, atol=1e-5)
+
+
+def test_per_frame_sigma_passes_per_frame_timesteps():
+    seen = {}
+
+    def predict(x, t):
+        seen["t"] = t
+        return torch.zeros_like(x)
+
+    x = torch.randn(2, 4, 3, 2, 2)
+    sig = torch.tensor([0.2, 0.5, 0.9]).view(1, 1, 3, 1, 1).expand(2, 1, 3, 1, 1)
+    denoise_step(predict, x, sig, None)
+    assert seen["t"].shape == (2, 3) and torch.allclose(seen["t"][0], torch.tensor([200.0, 500.0, 900.0]))
+
+
+def test_seeded_noise_depends_only_on_key():
+    a = seeded_noise((3, 4), 7, 1, 2)
+    assert torch.equal(a, seeded_noise((3, 4), 7, 1, 2))
+    assert not torch.equal(a, seeded_noise((3, 4), 7, 2, 1))
+    assert shift_sigma(1.0, 5.0) == 1.0
