@@ -18,11 +18,13 @@ Per frame (detect_frames):
 Per track (unfold_track / classify_window): the centroid track is *unfolded* at bounces,
 so an object that reaches a border and comes back is still "moving right" in spirit.
 
-Bounce rule. Each axis keeps an expected heading h (+1 / -1). At every frame where the
+Bounce rule. Each axis keeps an expected heading h (+1 / -1). At a frame where the
 object's bounding box is within `border_margin + local speed` px of the border that h
-points at, and the position is a local extremum along that axis (it stops advancing),
-the object has bounced: h flips, and the two intervals touching that frame are marked
-invalid (a bounce frame's displacement is partial). Unfolded velocity of an interval is
+points at, and its last clear move (> reversal_tolerance px) went towards that border
+while its next clear move goes away from it, the object has bounced: h flips. The two
+intervals touching a frame at that border are left out of speeds and directions
+(valid = False) whether or not the bounce is confirmed (a bounce step is partial), unless
+the object is not moving along that axis. Unfolded velocity of an interval is
 u = v * h * n, where v is the observed velocity and n the nominal heading of the prompt
 (the direction the caption names), so a correct object keeps u along n the whole time,
 before and after any number of bounces. With a prompt, h starts from the prompt (or from
@@ -70,6 +72,7 @@ class DetectorConfig:
     diagonal_ratio: float = 0.5  # min(|ux|, |uy|) / max(...) above which motion is diagonal
     off_axis_ratio: float = 0.5  # per-frame check: |u_off| <= this * u_axis
     border_margin: float = 1.5  # px (+ local speed) from a border that counts as a contact
+    reversal_tolerance: float = 0.25  # px: smaller position changes are a plateau, not a move
     window: int = 16  # motion windows (frames); pulsing needs >= half a period (16)
     stride: int = 8
     min_window: int = 4  # shortest segment that gets a motion window
@@ -443,9 +446,20 @@ def _unfold_axis(p: np.ndarray, dt: np.ndarray, gap_lo: np.ndarray, gap_hi: np.n
     for k in range(k_n):
         local = max(absv[k - 1] if k > 0 else 0.0, absv[k] if k < k_n - 1 else 0.0)
         gap = gap_hi[k] if h > 0 else gap_lo[k]
-        if gap <= config.border_margin + local:
-            before = k == 0 or h * (p[k] - p[k - 1]) >= 0
-            after = k == k_n - 1 or h * (p[k + 1] - p[k]) <= 0
+        at_border = gap <= config.border_margin + local
+        if at_border and local >= config.still_speed:
+            # steps into / out of a border frame may be partial bounces: not measured
+            if k > 0:
+                valid[k - 1] = False
+            if k < k_n - 1:
+                valid[k] = False
+        if at_border:
+            # a bounce: the last clear move came towards the border, the next one goes
+            # away from it (plateaus of pixel-snapped or stuck positions are skipped)
+            moved = np.abs(p - p[k]) > config.reversal_tolerance
+            earlier, later = np.flatnonzero(moved[:k]), np.flatnonzero(moved[k + 1:])
+            before = len(earlier) == 0 or h * (p[k] - p[earlier[-1]]) > 0
+            after = len(later) > 0 and h * (p[k + 1 + later[0]] - p[k]) < 0
             if before and after:
                 h = -h
                 if k > 0:

@@ -84,6 +84,18 @@ def _fold(p: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     return pos, np.where(forward, 1, -1).astype(np.int8)
 
 
+def _fold_heading(p0: float, h0: int, v: float, steps: np.ndarray, lo: float, hi: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions [T] and headings [T] (int8) of one axis moving at v px/frame from p0."""
+    pos, parity = _fold(p0 + h0 * v * steps, lo, hi)
+    heading = (h0 * parity).astype(np.int8)
+    if v > 0:  # on a border the next move is always inwards (exact, not float parity)
+        eps = 1e-9 * max(1.0, abs(hi))
+        heading[pos <= lo + eps] = 1
+        heading[pos >= hi - eps] = -1
+    return pos, heading
+
+
 def _pulse(size: float, clock: np.ndarray, motion: str) -> np.ndarray:
     if motion != "pulsing":
         return np.full(clock.shape, float(size))
@@ -122,9 +134,8 @@ def simulate(spec: ClipSpec, num_frames: int, start_frame: int = 0,
             clock = origin.clock + steps
         else:
             clock = steps
-    x, px = _fold(x0 + hx0 * vx * steps, x_lo, x_hi)
-    y, py = _fold(y0 + hy0 * vy * steps, y_lo, y_hi)
-    hx, hy = (hx0 * px).astype(np.int8), (hy0 * py).astype(np.int8)
+    x, hx = _fold_heading(x0, hx0, vx, steps, x_lo, x_hi)
+    y, hy = _fold_heading(y0, hy0, vy, steps, y_lo, y_hi)
     size = _pulse(spec.size, clock, spec.motion)
     track = Track(x, y, size, hx, hy, (spec,) * num_frames)
     if num_frames:
