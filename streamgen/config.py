@@ -105,17 +105,127 @@ class CacheConfig:
 
 
 @dataclass
+class SamplerConfig:
+    """Few-step flow-matching sampling of a distilled student (and many-step teacher sampling)."""
+
+    denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
+    shift: float = 5.0
+    warp: bool = True  # map steps onto the shifted training grid (Self-Forcing's warp_denoising_step)
+    context_timestep: float = 0.0  # noise level (0..1000) of the clean pass that writes a chunk's K/V
+    schedule: str = "chunkwise"  # chunkwise | rolling (Rolling Forcing joint window)
+    teacher_steps: int = 40
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off (distilled students)
+
+    def validate(self) -> None:
+        if self.schedule not in ("chunkwise", "rolling"):
+            raise ConfigError(f"sampler.schedule must be 'chunkwise' or 'rolling', got {self.schedule!r}")
+        if not self.denoising_steps:
+            raise ConfigError("sampler.denoising_steps must list at least one step, e.g. [1000, 750, 500, 250]")
+        if not 0 <= self.context_timestep <= 1000:
+            raise ConfigError(f"sampler.context_timestep must lie in [0, 1000], got {self.context_timestep}")
+
+
+SWITCH_MODES = ("recache", "none", "blend")
+
+
+@dataclass
+class SwitchConfig:
+    """What a prompt switch does to the stream."""
+
+    mode: str = "recache"  # recache | none | blend
+    blend_chunks: int = 2  # blend: chunks over which text embeddings are interpolated
+
+    def validate(self) -> None:
+        if self.mode not in SWITCH_MODES:
+            raise ConfigError(f"switch.mode must be one of {SWITCH_MODES}, got {self.mode!r}")
+        if self.blend_chunks < 1:
+            raise ConfigError(f"switch.blend_chunks must be >= 1, got {self.blend_chunks}")
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "minilm"  # minilm (embedded default) | umt5 (Wan2.1)
+    path: str = ""  # umt5: a local Wan2.1 diffusers directory
+    max_length: int = 24
+
+
+@dataclass
+class VideoConfig:
+    """Pixel geometry of generated video."""
+
+    height: int = 128
+    width: int = 128
+    fps: int = 16
+
+    def validate(self) -> None:
+        if self.height % 16 or self.width % 16:
+            raise ConfigError(f"video height/width must be multiples of 16 (VAE 8x, patch 2), got {self.height}x{self.width}")
+
+
+@dataclass
 class StreamGenConfig:
     """Top-level config: one section per component."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of a training run (teacher or distillation)."""
+
+    run_dir: str = "runs/teacher"
+    seed: int = 0
+    steps: int = 100_000
+    batch_size: int = 8  # per process
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # no | bf16 (accelerate)
+    latent_frames: int = 4  # clip length in latent frames (1 + 4 * (n - 1) pixel frames)
+    caption_dropout: float = 0.1  # empty prompt, for classifier-free guidance
+    paraphrase_prob: float = 0.5
+    timestep_shift: float = 3.0  # training and sampling noise-level shift
+    log_every: int = 20
+    ckpt_every: int = 500
+    eval_every: int = 2000
+    keep_checkpoints: int = 2
+    eval_prompts: int = 8
+    eval_steps: int = 30
+    guidance_scale: float = 4.0
+    init: str = "adaln_zero"  # adaln_zero | diffusers
+
+    def validate(self) -> None:
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.init not in ("adaln_zero", "diffusers"):
+            raise ConfigError(f"train.init must be adaln_zero or diffusers, got {self.init!r}")
+
+
+@dataclass
+class TeacherRunConfig:
+    """A teacher training run: the model, the data geometry and the optimisation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae_path: str = "assets/vae"
+
+    def validate(self) -> None:
+        StreamGenConfig.validate(self)
 
 
 def _valid_keys(cls: type, prefix: str = "") -> list[str]:

@@ -61,12 +61,19 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
     return uncond + scale * (cond - uncond)
 
 
+def stable_seed(*key: int) -> int:
+    """A generator seed from integers, identical in every process (ints hash deterministically; strings don't)."""
+    if not all(isinstance(k, int) for k in key):
+        raise TypeError(f"stable_seed takes integers only, got {key}")
+    return hash(tuple(key)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def seeded_noise(shape, seed: int, *key: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Gaussian noise that depends only on ``(seed, *key)`` (e.g. chunk and step index).
 
     Drawn on the CPU so that one process, several ranks, or another device produce the same video.
     """
-    g = torch.Generator().manual_seed(hash((seed,) + tuple(key)) & 0x7FFF_FFFF_FFFF_FFFF)
+    g = torch.Generator().manual_seed(stable_seed(seed, *key))
     return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
 
 

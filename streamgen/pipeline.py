@@ -1,0 +1,251 @@
+"""The streaming pipeline: text in, decoded frames out, chunk by chunk, forever.
+
+    pipe = StreamingPipeline.from_pretrained()          # the embedded toy-world default
+    for chunk in pipe.stream("a red circle moving right on a black background", seconds=10):
+        show(chunk.frames)                              # [n, H, W, 3] uint8, as soon as decoded
+        if user_typed: pipe.set_prompt(new_text)        # takes effect on the next chunk
+
+Each chunk is denoised through the rolling KV cache (``rollout.generate_chunk``), its K/V are
+committed at the context noise level, and its latents are decoded by the streaming VAE decoder at
+once. A prompt switch (from a timeline or ``set_prompt``) swaps the cross-attention K/V and, per
+``switch.mode``, re-caches the window under the new prompt (``recache``), does nothing more
+(``none``), or interpolates text embeddings over a few chunks (``blend``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .cache import RollingKVCache
+from .config import StreamGenConfig, load_config
+from .model import CausalWanModel, TextContext
+from .rollout import commit_chunk, generate_chunk
+from .sampler import few_step_sigmas, seeded_noise
+from .text import TextEncoder, load_text_encoder
+from .timeline import Timeline, chunk_of_frame
+from .vae import PCAVideoVAE, StreamDecoder, VideoVAE, load_vae, pixel_frames
+from .video import to_uint8
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(os.environ.get("STREAMGEN_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
+DEFAULT_MODEL_DIR = ASSETS / "default"
+
+# noise-stream keys (with the seed and chunk index) so every process draws the same noise
+_INIT, _CONTEXT = 0, 10_000
+
+
+@dataclass
+class ChunkOutput:
+    index: int  # chunk number
+    first_frame: int  # pixel index of frames[0] in the video
+    frames: np.ndarray  # [n, H, W, 3] uint8
+    latents: torch.Tensor  # [1, z, chunk_frames, h, w]
+    prompt: str
+
+
+@dataclass
+class StreamState:
+    """Everything one stream carries between chunks."""
+
+    cache: RollingKVCache
+    decoder: StreamDecoder
+    prompt: str
+    text_states: torch.Tensor  # [1, Lt, text_dim] of the prompt in effect
+    context: TextContext
+    seed: int
+    chunk: int = 0
+    sink_chunks: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (frame_start, clean latents)
+    recent_chunks: deque = field(default_factory=deque)  # (frame_start, clean latents) still in the window
+    blend_from: torch.Tensor | None = None  # text states being blended away from
+    blend_step: int = 0
+    pending_prompt: str | None = None
+
+
+class StreamingPipeline:
+    def __init__(self, model: CausalWanModel, vae: VideoVAE, text_encoder: TextEncoder, config: StreamGenConfig,
+                 *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, description: str = ""):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.vae = vae.to(device=device).eval()
+        self.text_encoder, self.config = text_encoder, config
+        self.device, self.dtype, self.description = torch.device(device), dtype, description
+        self.sigmas = few_step_sigmas(config.sampler.denoising_steps, config.sampler.shift, config.sampler.warp)
+        self.state: StreamState | None = None
+        if config.sampler.schedule != "chunkwise":
+            raise NotImplementedError("sampler.schedule 'rolling' is not implemented yet; use 'chunkwise'")
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, overrides: list[str] = (), *, device="cpu",
+                        dtype: torch.dtype = torch.float32, config_files: list[str] = ()) -> "StreamingPipeline":
+        """Load a model directory (``config.yaml``, ``transformer.safetensors`` or any Wan checkpoint
+        format ``streamgen.loaders`` reads, ``vae/``); ``None`` = the embedded default."""
+        from .loaders import load_wan_weights
+
+        d = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        cfg_file = d / "config.yaml"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{d} has no config.yaml: pass a streamgen model directory")
+        cfg = load_config([cfg_file, *config_files], overrides)
+        model = CausalWanModel(cfg.model)
+        weights = d / "transformer.safetensors"
+        description = f"model {d}"
+        if weights.is_file():
+            load_wan_weights(model, weights)
+        elif path is None:
+            torch.manual_seed(0)
+            description = ("NO TRAINED DEFAULT MODEL in assets/default yet: using a RANDOMLY INITIALISED "
+                           "transformer, so the video is structured noise, not the prompt")
+            log.warning(description)
+        else:
+            raise FileNotFoundError(f"{d} has no transformer.safetensors")
+        vae = load_vae(d / "vae") if (d / "vae").is_dir() else load_vae(ASSETS / "vae")
+        text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length, device=device)
+        return cls(model, vae, text, cfg, device=device, dtype=dtype, description=description)
+
+    # -- geometry ----------------------------------------------------------------------------
+    @property
+    def chunk_frames(self) -> int:
+        return self.config.cache.chunk_frames
+
+    def latent_shape(self) -> tuple[int, ...]:
+        v = self.config.video
+        return (1, self.vae.z_dim, self.chunk_frames, v.height // self.vae.spatial, v.width // self.vae.spatial)
+
+    def chunk_pixel_frames(self, chunk: int) -> int:
+        return pixel_frames(self.chunk_frames, self.vae.temporal, first=chunk == 0)
+
+    def chunks_for(self, num_frames: int) -> int:
+        first = self.chunk_pixel_frames(0)
+        return 1 + max(0, math.ceil((num_frames - first) / self.chunk_pixel_frames(1)))
+
+    # -- prompts -----------------------------------------------------------------------------
+    def _text(self, prompt: str) -> torch.Tensor:
+        return self.text_encoder.encode([prompt]).to(self.device, self.dtype)
+
+    def set_prompt(self, prompt: str) -> None:
+        """Switch the prompt live; it takes effect on the next chunk."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("set_prompt needs a non-empty string")
+        if self.state is None:
+            raise RuntimeError("no stream is running: start one with pipe.stream(prompt)")
+        self.state.pending_prompt = prompt.strip()
+
+    def _apply_switch(self, prompt: str) -> None:
+        st, mode = self.state, self.config.switch.mode
+        if prompt == st.prompt:
+            return
+        new_states = self._text(prompt)
+        if mode == "blend":
+            st.blend_from, st.blend_step = st.text_states, 0
+        st.prompt, st.text_states = prompt, new_states
+        st.context = self.model.encode_context(new_states)
+        if mode == "recache":
+            self.recache()
+
+    def _chunk_context(self) -> TextContext:
+        st = self.state
+        if st.blend_from is None:
+            return st.context
+        st.blend_step += 1
+        a = st.blend_step / self.config.switch.blend_chunks
+        ctx = self.model.encode_context(torch.lerp(st.blend_from, st.text_states, a))
+        if st.blend_step >= self.config.switch.blend_chunks:
+            st.blend_from = None
+        return ctx
+
+    @torch.no_grad()
+    def recache(self) -> None:
+        """Re-compute the cache from the kept clean latents under the current prompt (LongLive)."""
+        st = self.state
+        cache = st.cache
+        next_frame = cache.next_frame
+        keep_sink = not cache.policy.recache_sink
+        cache.reset(keep_sink=keep_sink)
+        refill = ([] if keep_sink else st.sink_chunks) + list(st.recent_chunks)
+        for frame_start, lat in refill:
+            self._commit(lat, frame_start)
+        cache.state.next_frame = next_frame
+
+    def _commit(self, latents: torch.Tensor, frame_start: int) -> None:
+        st, sc = self.state, self.config.sampler
+        sigma = sc.context_timestep / 1000.0
+        noise = seeded_noise(latents.shape, st.seed, frame_start, _CONTEXT, device=self.device, dtype=self.dtype) if sigma > 0 else None
+        commit_chunk(self.model, st.cache, st.context, latents, sigma, noise, frame_start=frame_start)
+
+    # -- streaming ---------------------------------------------------------------------------
+    def start(self, prompt: str, seed: int = 0, max_frames: int | None = None) -> None:
+        """Begin a new stream (``stream`` calls this)."""
+        c, v = self.config, self.config.video
+        states = self._text(prompt)
+        max_latent = None if c.cache.bounded else self.chunks_for(max_frames or 1) * self.chunk_frames
+        cache = self.model.new_cache(c.cache, 1, v.height // self.vae.spatial, v.width // self.vae.spatial,
+                                     max_frames=max_latent, device=self.device, dtype=self.dtype)
+        self.state = StreamState(cache, self.vae.stream_decoder(), prompt, states, self.model.encode_context(states), seed)
+
+    @torch.no_grad()
+    def next_chunk(self) -> ChunkOutput:
+        """Generate, commit and decode one chunk."""
+        st, C = self.state, self.chunk_frames
+        if st.pending_prompt is not None:
+            prompt, st.pending_prompt = st.pending_prompt, None
+            self._apply_switch(prompt)
+        context = self._chunk_context()
+        frame_start = st.chunk * C
+        shape = self.latent_shape()
+
+        def noise(i: int) -> torch.Tensor:
+            return seeded_noise(shape, st.seed, st.chunk, _INIT + i, device=self.device, dtype=self.dtype)
+
+        x0 = generate_chunk(self.model, st.cache, context, self.sigmas, noise)
+        saved_ctx, st.context = st.context, context
+        self._commit(x0, frame_start)
+        st.context = saved_ctx
+        self._remember(frame_start, x0)
+        frames = to_uint8(st.decoder.decode(x0.to(torch.float32)))
+        first = 0 if st.chunk == 0 else self.chunk_pixel_frames(0) + (st.chunk - 1) * self.chunk_pixel_frames(1)
+        out = ChunkOutput(st.chunk, first, frames, x0, st.prompt)
+        st.chunk += 1
+        return out
+
+    def _remember(self, frame_start: int, x0: torch.Tensor) -> None:
+        st, cc = self.state, self.config.cache
+        if frame_start < cc.sink_frames:
+            st.sink_chunks.append((frame_start, x0))
+            return
+        st.recent_chunks.append((frame_start, x0))
+        keep = (st.cache.ring_frames // cc.chunk_frames) if cc.bounded else None
+        while keep is not None and len(st.recent_chunks) > keep:
+            st.recent_chunks.popleft()
+
+    def stream(self, prompt: str | Timeline, seconds: float | None = None, *, num_frames: int | None = None,
+               seed: int = 0) -> Iterator[ChunkOutput]:
+        """Yield decoded chunks until ``seconds`` (or ``num_frames``) of video exist; ``None`` = forever."""
+        fps = self.config.video.fps
+        timeline = prompt if isinstance(prompt, Timeline) else Timeline.single(prompt)
+        total = num_frames if num_frames is not None else (None if seconds is None else int(round(seconds * fps)))
+        self.start(timeline.events[0].prompt, seed, total)
+        switches = {chunk_of_frame(e.frame, self.chunk_frames, self.vae.temporal): e.prompt for e in timeline.switches()}
+        made = 0
+        while total is None or made < total:
+            c = self.state.chunk
+            if c in switches and self.state.pending_prompt is None:
+                self.state.pending_prompt = switches[c]
+            out = self.next_chunk()
+            if total is not None and made + len(out.frames) > total:
+                out.frames = out.frames[: total - made]
+            made += len(out.frames)
+            yield out
+
+    def generate(self, prompt: str | Timeline, seconds: float | None = None, *, num_frames: int | None = None,
+                 seed: int = 0) -> np.ndarray:
+        """The whole video ``[F, H, W, 3]`` uint8."""
+        return np.concatenate([c.frames for c in self.stream(prompt, seconds, num_frames=num_frames, seed=seed)])

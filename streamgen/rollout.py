@@ -1,0 +1,90 @@
+"""Chunk-level generation shared by inference and training rollouts.
+
+``generate_chunk`` denoises one chunk through the rolling cache with ``denoise_step``;
+``commit_chunk`` writes the finished chunk's K/V (the clean pass at the context noise level).
+The streaming pipeline, Self-Forcing training rollouts and the teacher sampler all call these:
+there is no other denoising loop.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .cache import RollingKVCache
+from .model import CausalWanModel, TextContext
+from .sampler import add_noise, cfg_combine, denoise_step, timestep
+
+NoiseFn = Callable[[int], torch.Tensor]  # step index -> noise (0: initial noise, i: re-noise before step i)
+
+
+def generate_chunk(
+    model: CausalWanModel,
+    cache: RollingKVCache,
+    context: TextContext,
+    sigmas: list[float],
+    noise: NoiseFn,
+    *,
+    frame_start: int | None = None,
+    exit_step: int | None = None,
+    grad: bool = False,
+) -> torch.Tensor:
+    """Denoise one chunk; returns its clean estimate ``[B, C, chunk_frames, h, w]``.
+
+    Steps run until ``exit_step`` (default: the last). With ``grad``, only the exit step records
+    gradient (Self-Forcing): earlier steps run without it, and the cache is read-only here.
+    """
+    last = len(sigmas) - 1 if exit_step is None else exit_step
+    x = noise(0)
+
+    def predict(x, t):
+        return model.forward_cached(x, t, context, cache, frame_start=frame_start)
+
+    for i in range(last + 1):
+        final = i == last
+        with torch.set_grad_enabled(grad and final):
+            x0, x = denoise_step(predict, x, sigmas[i], None if final else sigmas[i + 1], None if final else noise(i + 1))
+    return x0
+
+
+@torch.no_grad()
+def commit_chunk(
+    model: CausalWanModel,
+    cache: RollingKVCache,
+    context: TextContext,
+    x0: torch.Tensor,
+    context_sigma: float = 0.0,
+    noise: torch.Tensor | None = None,
+    *,
+    frame_start: int | None = None,
+) -> None:
+    """Write a finished chunk's K/V into the cache (forward at the context noise level, no gradient)."""
+    x = x0.detach()
+    if context_sigma > 0:
+        x = add_noise(x, noise if noise is not None else torch.randn_like(x), context_sigma)
+    model.forward_cached(x, torch.tensor(timestep(context_sigma), device=x.device), context, cache, write=True, frame_start=frame_start)
+
+
+@torch.no_grad()
+def sample_full(
+    model: CausalWanModel,
+    context: TextContext,
+    uncond: TextContext | None,
+    noise: torch.Tensor,
+    sigmas: list[float],
+    guidance_scale: float = 1.0,
+    attn=None,
+) -> torch.Tensor:
+    """Many-step Euler sampling of a whole clip (bidirectional teacher, or a causal student with
+    a ``BlockCausalPlan``), with classifier-free guidance when ``uncond`` is given."""
+
+    def predict(x, t):
+        cond = model(x, t, context, attn)
+        if uncond is None or guidance_scale == 1.0:
+            return cond
+        return cfg_combine(cond, model(x, t, uncond, attn), guidance_scale)
+
+    x = noise
+    for i in range(len(sigmas) - 1):
+        _, x = denoise_step(predict, x, sigmas[i], sigmas[i + 1], euler=True)
+    return x

@@ -1,0 +1,131 @@
+"""Pieces every trainer shares: initialisation, EMA, schedules, the resumable run loop.
+
+Entry scripts in ``train/`` build their model(s) and a ``step_fn``; ``Run`` does the rest:
+accelerate set-up (torchrun / accelerate launch, gloo on CPU, NCCL on GPU), checkpoint and
+resume, progress bar and JSON-lines log.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_yaml
+from .model import CausalWanModel
+
+
+def init_adaln_zero(model: CausalWanModel) -> None:
+    """adaLN-Zero (DiT): every block starts as the identity and the output as zero.
+
+    Zero time-projection weights make modulation come from the learned tables alone; zero gate
+    entries in the tables and a zero output projection make each residual branch start closed.
+    """
+    with torch.no_grad():
+        tp = model.condition_embedder.time_proj
+        tp.weight.zero_()
+        tp.bias.zero_()
+        for blk in model.blocks:
+            blk.scale_shift_table[:, 2].zero_()  # self-attention gate
+            blk.scale_shift_table[:, 5].zero_()  # feed-forward gate
+        model.proj_out.weight.zero_()
+        model.proj_out.bias.zero_()
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (kept as a module for saving / sampling)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), module.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+
+
+def warmup_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / max(warmup, 1))
+
+
+class Run:
+    """A resumable training run in ``cfg.run_dir``."""
+
+    def __init__(self, cfg: TrainConfig, full_config, modules: dict[str, torch.nn.Module],
+                 optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, object] | None = None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        self.dir = Path(cfg.run_dir)
+        self.modules, self.optimizers, self.schedulers = modules, optimizers, schedulers or {}
+        self.step = 0
+        self.is_main = self.accelerator.is_main_process
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(to_yaml(full_config))
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of this run, if any. Call before ``prepare``."""
+        ckpt = latest_checkpoint(self.dir)
+        if ckpt is None:
+            return False
+        state = load_checkpoint(ckpt, self.modules)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[f"optim_{name}"])
+        for name, sch in self.schedulers.items():
+            sch.load_state_dict(state[f"sched_{name}"])
+        self.step = int(state["step"])
+        self.log_line({"event": "resumed", "from": str(ckpt), "step": self.step})
+        return True
+
+    def save(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            state = {f"optim_{n}": o.state_dict() for n, o in self.optimizers.items()}
+            state.update({f"sched_{n}": s.state_dict() for n, s in self.schedulers.items()})
+            mods = {n: self.accelerator.unwrap_model(m) for n, m in self.modules.items()}
+            save_checkpoint(self.dir, self.step, mods, state, keep=self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def log_line(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+    def loop(self, step_fn: Callable[[int], dict], eval_fn: Callable[[int], dict] | None = None) -> None:
+        """Call ``step_fn(step)`` until ``cfg.steps``; log, checkpoint and evaluate on schedule."""
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.is_main, dynamic_ncols=True)
+        t0, n0 = time.perf_counter(), self.step
+        while self.step < cfg.steps:
+            metrics = step_fn(self.step)
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                rate = (self.step - n0) * cfg.batch_size * self.accelerator.num_processes / (time.perf_counter() - t0)
+                rec = {"step": self.step, **{k: float(v) for k, v in metrics.items()}, "samples_per_s": rate}
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k != "step"})
+                self.log_line(rec)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save()
+            if eval_fn is not None and self.is_main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                self.log_line({"step": self.step, "eval": eval_fn(self.step)})
+        bar.close()
+
+
+def finite_or_raise(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower train.lr or check the data")
