@@ -504,8 +504,8 @@ class WindowMotion:
     """Motion of one window of frames.
 
     motion: a world.MOTIONS name, or None when the window has no usable interval.
-    speed: |mean unfolded velocity| (px/frame). velocity: (ux, uy) mean unfolded
-    velocity. size_range: (max - min) / median of sqrt(area) over the window.
+    speed: |velocity| (px/frame). velocity: (ux, uy) least-squares slope of the unfolded
+    track. size_range: (max - min) / median of sqrt(area) over the window.
     """
 
     motion: str | None
@@ -520,6 +520,27 @@ def _mean_velocity(unf: UnfoldedTrack, sel: np.ndarray) -> np.ndarray | None:
         return None
     dt = (unf.t1 - unf.t0)[sel].astype(np.float64)
     return (unf.u[sel] * dt[:, None]).sum(0) / dt.sum()
+
+
+def _fit_velocity(unf: UnfoldedTrack, sel: np.ndarray) -> np.ndarray | None:
+    """Least-squares velocity [2] of the unfolded positions over the selected intervals.
+
+    Each run of consecutive valid intervals is integrated into an unfolded position track
+    with its own offset; the slope is shared (pooled within-run regression). Less
+    sensitive to pixel-snapped positions than the mean velocity (endpoints only).
+    """
+    idx = np.flatnonzero(sel & unf.valid)
+    if len(idx) == 0:
+        return None
+    num, den = np.zeros(2), 0.0
+    for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
+        t = np.concatenate([unf.t0[run[:1]], unf.t1[run]]).astype(np.float64)
+        steps = unf.u[run] * (unf.t1[run] - unf.t0[run])[:, None]
+        p = np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+        tc = t - t.mean()
+        num += tc @ (p - p.mean(0))
+        den += float(tc @ tc)
+    return num / den
 
 
 def _direction(u: np.ndarray, config: DetectorConfig) -> str:
@@ -537,8 +558,9 @@ def size_range(det: FrameDetections, start: int, stop: int) -> float:
     s = np.sqrt(det.area[start:stop][det.has_object[start:stop]].astype(np.float64))
     if len(s) == 0:
         return math.nan
-    if len(s) >= 5:
-        s = np.median(np.stack([s[:-2], s[1:-1], s[2:]]), axis=0)
+    if len(s) >= 5:  # 3-tap median, edges replicated (keeps the end values)
+        p = np.concatenate([s[:1], s, s[-1:]])
+        s = np.median(np.stack([p[:-2], p[1:-1], p[2:]]), axis=0)
     return float((s.max() - s.min()) / max(np.median(s), 1e-6))
 
 
@@ -546,7 +568,7 @@ def classify_window(unf: UnfoldedTrack, det: FrameDetections, start: int, stop: 
                     config: DetectorConfig = DEFAULT_CONFIG) -> WindowMotion:
     """Motion class of frames [start, stop): intervals ending in [start, stop) are used
     (so a window starting at a prompt switch includes the step into its first frame)."""
-    mean = _mean_velocity(unf, (unf.t1 >= start) & (unf.t1 < stop))
+    mean = _fit_velocity(unf, (unf.t1 >= start) & (unf.t1 < stop))
     rng = size_range(det, start, stop)
     if mean is None:
         return WindowMotion(None, math.nan, (math.nan, math.nan), rng)
