@@ -27,7 +27,7 @@ import torch
 from .cache import RollingKVCache
 from .config import StreamGenConfig, load_config
 from .model import CausalWanModel, TextContext
-from .rollout import commit_chunk, generate_chunk
+from .rollout import commit_chunk, generate_chunk, recache, remember_chunk
 from .sampler import few_step_sigmas, seeded_noise
 from .text import TextEncoder, load_text_encoder
 from .timeline import Timeline, chunk_of_frame
@@ -166,14 +166,7 @@ class StreamingPipeline:
     def recache(self) -> None:
         """Re-compute the cache from the kept clean latents under the current prompt (LongLive)."""
         st = self.state
-        cache = st.cache
-        next_frame = cache.next_frame
-        keep_sink = not cache.policy.recache_sink
-        cache.reset(keep_sink=keep_sink)
-        refill = ([] if keep_sink else st.sink_chunks) + list(st.recent_chunks)
-        for frame_start, lat in refill:
-            self._commit(lat, frame_start)
-        cache.state.next_frame = next_frame
+        recache(st.cache, st.sink_chunks, st.recent_chunks, self._commit)
 
     def _commit(self, latents: torch.Tensor, frame_start: int) -> None:
         st, sc = self.state, self.config.sampler
@@ -217,14 +210,8 @@ class StreamingPipeline:
         return out
 
     def _remember(self, frame_start: int, x0: torch.Tensor) -> None:
-        st, cc = self.state, self.config.cache
-        if frame_start < cc.sink_frames:
-            st.sink_chunks.append((frame_start, x0))
-            return
-        st.recent_chunks.append((frame_start, x0))
-        keep = (st.cache.ring_frames // cc.chunk_frames) if cc.bounded else None
-        while keep is not None and len(st.recent_chunks) > keep:
-            st.recent_chunks.popleft()
+        st = self.state
+        remember_chunk(st.cache, st.sink_chunks, st.recent_chunks, frame_start, x0)
 
     def stream(self, prompt: str | Timeline, seconds: float | None = None, *, num_frames: int | None = None,
                seed: int = 0) -> Iterator[ChunkOutput]:

@@ -7,6 +7,7 @@ there is no other denoising loop.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import torch
@@ -63,6 +64,37 @@ def commit_chunk(
     if context_sigma > 0:
         x = add_noise(x, noise if noise is not None else torch.randn_like(x), context_sigma)
     model.forward_cached(x, torch.tensor(timestep(context_sigma), device=x.device), context, cache, write=True, frame_start=frame_start)
+
+
+def remember_chunk(cache: RollingKVCache, sink_chunks: list, recent_chunks: deque, frame_start: int,
+                   x0: torch.Tensor) -> None:
+    """Keep a finished chunk's clean latents for a later re-cache: sink chunks for good, other
+    chunks while they are still in the window (``recent_chunks`` holds ``(frame_start, x0)``)."""
+    cc = cache.cfg
+    if frame_start < cc.sink_frames:
+        sink_chunks.append((frame_start, x0))
+        return
+    recent_chunks.append((frame_start, x0))
+    keep = (cache.ring_frames // cc.chunk_frames) if cc.bounded else None
+    while keep is not None and len(recent_chunks) > keep:
+        recent_chunks.popleft()
+
+
+@torch.no_grad()
+def recache(cache: RollingKVCache, sink_chunks: list, recent_chunks: deque,
+            commit: Callable[[torch.Tensor, int], None]) -> None:
+    """Re-compute the cache from the kept clean latents (LongLive's prompt-switch re-cache).
+
+    ``commit(latents, frame_start)`` writes one chunk under the new prompt (``commit_chunk`` with
+    the caller's context and context noise). The sink is kept as it is when the sink policy says
+    so (``recache_sink``); the stream position does not move.
+    """
+    next_frame = cache.next_frame
+    keep_sink = not cache.policy.recache_sink
+    cache.reset(keep_sink=keep_sink)
+    for frame_start, lat in ([] if keep_sink else list(sink_chunks)) + list(recent_chunks):
+        commit(lat, frame_start)
+    cache.state.next_frame = next_frame
 
 
 @torch.no_grad()
