@@ -30,6 +30,9 @@ u = v * h * n, where v is the observed velocity and n the nominal heading of the
 before and after any number of bounces. With a prompt, h starts from the prompt (or from
 the previous segment's heading when a prompt switch keeps the motion); without one
 (prior-free), h and n are the sign of the first clear displacement on that axis.
+Consequence (inherent to elastic bounces): after the first bounce, "moving left" and
+"moving right" describe the same physics, so a clip that starts the wrong way is judged
+wrong only until it reaches a border; a reversal away from any border is always wrong.
 """
 
 from __future__ import annotations
@@ -251,9 +254,14 @@ def nearest_palette(rgb: np.ndarray) -> np.ndarray:
     return score.argmin(-1)
 
 
-def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
-    f_n, h, w, _ = x.shape
-    # ---- background: mode of the palette-quantised border
+def _background(x: np.ndarray, config: DetectorConfig
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mode of the palette-quantised border of x uint8 [F, H, W, 3].
+
+    Returns (palette index [F], RGB estimate [F, 3] = mean of the border pixels assigned
+    to it, noisy [F] bool: robust noise sigma of those pixels above denoise_sigma).
+    """
+    f_n = len(x)
     border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
     border = border.astype(np.float32)  # [F, B, 3]
     nearest = nearest_palette(border)  # [F, B]
@@ -261,12 +269,17 @@ def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
                          minlength=f_n * len(COLOURS)).reshape(f_n, len(COLOURS))
     bg_idx = counts.argmax(1)
     sel = nearest == bg_idx[:, None]
-    bg_rgb = (border * sel[..., None]).sum(1) / sel.sum(1)[:, None]  # [F, 3]
-    # ---- noise: robust per-channel sigma of the background's border pixels
+    bg_rgb = (border * sel[..., None]).sum(1) / sel.sum(1)[:, None]
     dev = np.where(sel[..., None], np.abs(border - bg_rgb[:, None, :]), np.nan)
-    noise = 1.4826 * np.nanmedian(dev, axis=1).max(1)  # [F]
-    noisy = noise > config.denoise_sigma
-    # ---- foreground
+    noise = 1.4826 * np.nanmedian(dev, axis=1).max(1)  # MAD -> sigma, worst channel
+    return bg_idx, bg_rgb, noise > config.denoise_sigma
+
+
+def _foreground(x: np.ndarray, bg_rgb: np.ndarray, noisy: np.ndarray,
+                config: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels far from the background. Returns (fg [F, H, W] bool, squared distance
+    [F, H, W] float32, mean RGB of the other pixels [F, 3])."""
+    f_n, h, w, _ = x.shape
     dist2 = np.zeros((f_n, h, w), dtype=np.float32)
     for c in range(3):  # channel loop: avoids slow reductions over a length-3 axis
         diff = x[..., c].astype(np.float32)
@@ -274,63 +287,137 @@ def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
             diff[noisy] = _box3(diff[noisy])
         diff -= bg_rgb[:, c, None, None].astype(np.float32)
         dist2 += diff * diff
-    fg = dist2 > config.fg_threshold**2  # [F, H, W]
-    not_fg = ~fg
+    fg = dist2 > config.fg_threshold**2
     fg_f, fg_y, fg_x = np.nonzero(fg)
     fg_sum = np.stack([np.bincount(fg_f, weights=x[fg_f, fg_y, fg_x, c], minlength=f_n)
                        for c in range(3)], axis=1)
     all_sum = np.stack([x[..., c].sum((1, 2), dtype=np.int64) for c in range(3)], axis=1)
     bg_count = np.maximum(h * w - np.bincount(fg_f, minlength=f_n), 1)
-    bg_mean = (all_sum - fg_sum) / bg_count[:, None]
-    # ---- components
+    return fg, dist2, (all_sum - fg_sum) / bg_count[:, None]
+
+
+@dataclass(frozen=True)
+class _Blobs:
+    """The largest blob of each frame as runs (row within the frame, [start, end))."""
+
+    n_blobs: np.ndarray  # [F] components >= min_blob_area
+    has: np.ndarray  # [F] bool, n_blobs > 0
+    frame: np.ndarray  # [R] frame of each run of the chosen blobs (sorted)
+    y: np.ndarray  # [R]
+    start: np.ndarray  # [R]
+    end: np.ndarray  # [R]
+
+
+def _largest_blobs(fg: np.ndarray, config: DetectorConfig) -> _Blobs:
+    f_n, h, w = fg.shape
     row, start, end = _runs(fg.reshape(f_n * h, w))
     root = _label_runs(row, start, end, w, h)
     comp_ids, comp = np.unique(root, return_inverse=True)
-    n_comp = len(comp_ids)
-    length = (end - start).astype(np.float64)
-    area = np.bincount(comp, weights=length, minlength=n_comp)
+    area = np.bincount(comp, weights=(end - start).astype(np.float64), minlength=len(comp_ids))
     comp_frame = row[comp_ids] // h
     keep = (area >= config.min_blob_area) & (area <= config.max_blob_fraction * h * w)
     n_blobs = np.bincount(comp_frame[keep], minlength=f_n)
-    # largest kept component per frame
-    order = np.lexsort((area, comp_frame))
+    order = np.lexsort((area, comp_frame))  # by frame, then area
     order = order[keep[order]]
     largest = np.full(f_n, -1, dtype=np.int64)
     largest[comp_frame[order]] = order  # later (larger) entries overwrite earlier ones
     has = largest >= 0
-    # ---- runs of the chosen blobs
-    chosen = np.zeros(n_comp, dtype=bool)
+    chosen = np.zeros(len(comp_ids), dtype=bool)
     chosen[largest[has]] = True
     rsel = chosen[comp]
-    c_row, c_start, c_end = row[rsel], start[rsel], end[rsel]
-    c_frame, c_y = c_row // h, c_row % h
-    c_len = (c_end - c_start).astype(np.float64)
-    blob_area = np.bincount(c_frame, weights=c_len, minlength=f_n)
-    sum_x = np.bincount(c_frame, weights=c_len * (c_start + c_end) / 2, minlength=f_n)
-    sum_y = np.bincount(c_frame, weights=c_len * (c_y + 0.5), minlength=f_n)
+    return _Blobs(n_blobs, has, row[rsel] // h, row[rsel] % h, start[rsel], end[rsel])
+
+
+def _blob_colours(x: np.ndarray, dist2: np.ndarray, blobs: _Blobs, px: tuple) -> np.ndarray:
+    """Per-channel median [F, 3] of each blob's pixels that differ most from the
+    background (the upper half by distance): rims blended with the background by blur or
+    compression are left out. NaN rows for frames without a blob."""
+    px_f, px_y, px_x = px
+    rgb = x[px_f, px_y, px_x]
+    d2 = dist2[px_f, px_y, px_x]
+    bounds = np.searchsorted(px_f, np.arange(len(x) + 1))
+    out = np.full((len(x), 3), np.nan)
+    for i in np.nonzero(blobs.has)[0]:
+        sl = slice(bounds[i], bounds[i + 1])
+        out[i] = np.median(rgb[sl][d2[sl] >= np.median(d2[sl])], axis=0)
+    return out
+
+
+def _edge_sharpness(x: np.ndarray, fg: np.ndarray, px: tuple, obj_rgb: np.ndarray,
+                    bg_rgb: np.ndarray) -> np.ndarray:
+    """[F] mean over boundary pixels (a 4-neighbour inside the frame is background) of
+    the largest RGB step to a 4-neighbour, over |object - background|."""
+    f_n, h, w = fg.shape
+    px_f, px_y, px_x = px
+    pix = x[px_f, px_y, px_x].astype(np.float32)
+    boundary = np.zeros(len(px_f), dtype=bool)
+    edge = np.zeros(len(px_f), dtype=np.float32)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        ny, nx = px_y + dy, px_x + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        ny, nx = np.clip(ny, 0, h - 1), np.clip(nx, 0, w - 1)
+        boundary |= inside & ~fg[px_f, ny, nx]
+        step = np.sqrt(((x[px_f, ny, nx].astype(np.float32) - pix) ** 2).sum(-1))
+        edge = np.maximum(edge, np.where(inside, step, 0.0))
+    edge_sum = np.bincount(px_f[boundary], weights=edge[boundary], minlength=f_n)
+    edge_n = np.bincount(px_f[boundary], minlength=f_n)
+    contrast = np.sqrt(((np.nan_to_num(obj_rgb) - bg_rgb) ** 2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(edge_n > 0, edge_sum / np.maximum(edge_n, 1) / np.maximum(contrast, 1e-6),
+                        np.nan)
+
+
+def _solidity(blobs: _Blobs, blob_area: np.ndarray, f_n: int, config: DetectorConfig
+              ) -> np.ndarray:
+    """[F] blob area / convex-hull area of its pixel squares (NaN without a blob)."""
+    if len(blobs.frame) == 0:
+        return np.full(f_n, np.nan)
+    row_key = blobs.frame * (int(blobs.y.max()) + 1) + blobs.y
+    starts = np.flatnonzero(np.r_[True, np.diff(row_key) != 0])  # one entry per pixel row
+    top = blobs.y[starts].astype(np.float64)
+    left = np.minimum.reduceat(blobs.start, starts).astype(np.float64)
+    right = np.maximum.reduceat(blobs.end, starts).astype(np.float64)
+    hull = _hull_areas(np.repeat(blobs.frame[starts], 4),
+                       np.stack([left, left, right, right], axis=1).ravel(),
+                       np.stack([top, top + 1, top, top + 1], axis=1).ravel(),
+                       f_n, config.hull_directions)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(blobs.has, blob_area / hull, np.nan)
+
+
+def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
+    f_n, h, w, _ = x.shape
+    bg_idx, bg_rgb, noisy = _background(x, config)
+    fg, dist2, bg_mean = _foreground(x, bg_rgb, noisy, config)
+    blobs = _largest_blobs(fg, config)
+    has = blobs.has
+    # ---- geometry from the runs
+    c_len = (blobs.end - blobs.start).astype(np.float64)
+    blob_area = np.bincount(blobs.frame, weights=c_len, minlength=f_n)
+    sum_x = np.bincount(blobs.frame, weights=c_len * (blobs.start + blobs.end) / 2, minlength=f_n)
+    sum_y = np.bincount(blobs.frame, weights=c_len * (blobs.y + 0.5), minlength=f_n)
     x_min = np.full(f_n, w, dtype=np.int64)
     y_min = np.full(f_n, h, dtype=np.int64)
     x_max = np.full(f_n, -1, dtype=np.int64)
     y_max = np.full(f_n, -1, dtype=np.int64)
-    np.minimum.at(x_min, c_frame, c_start)
-    np.maximum.at(x_max, c_frame, c_end - 1)
-    np.minimum.at(y_min, c_frame, c_y)
-    np.maximum.at(y_max, c_frame, c_y)
+    np.minimum.at(x_min, blobs.frame, blobs.start)
+    np.maximum.at(x_max, blobs.frame, blobs.end - 1)
+    np.minimum.at(y_min, blobs.frame, blobs.y)
+    np.maximum.at(y_max, blobs.frame, blobs.y)
+    bw = (x_max - x_min + 1).astype(np.float64)
+    bh = (y_max - y_min + 1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         cx = np.where(has, sum_x / blob_area, np.nan)
         cy = np.where(has, sum_y / blob_area, np.nan)
-        bw = (x_max - x_min + 1).astype(np.float64)
-        bh = (y_max - y_min + 1).astype(np.float64)
         fill = np.where(has, blob_area / (bw * bh), np.nan)
-    # ---- blob pixels (expanded runs)
-    total = int(c_len.sum())
-    run_of_px = np.repeat(np.arange(len(c_row)), (c_end - c_start))
-    px_x = c_start[run_of_px] + (np.arange(total) - np.repeat(np.cumsum(c_end - c_start)
-                                                               - (c_end - c_start),
-                                                               c_end - c_start))
-    px_y = c_y[run_of_px]
-    px_f = c_frame[run_of_px]
-    # corners of the bounding box
+    # ---- blob pixels (runs expanded), grouped by frame
+    lengths = blobs.end - blobs.start
+    run_of_px = np.repeat(np.arange(len(lengths)), lengths)
+    offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    px_f, px_y = blobs.frame[run_of_px], blobs.y[run_of_px]
+    px_x = blobs.start[run_of_px] + offset
+    px = (px_f, px_y, px_x)
+    # corner occupancy of the bounding box
     cw = np.maximum(1, np.round(config.corner_fraction * bw)).astype(np.int64)
     ch = np.maximum(1, np.round(config.corner_fraction * bh)).astype(np.int64)
     in_cx = (px_x < x_min[px_f] + cw[px_f]) | (px_x > x_max[px_f] - cw[px_f])
@@ -338,59 +425,19 @@ def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
     corner_px = np.bincount(px_f, weights=(in_cx & in_cy), minlength=f_n)
     with np.errstate(invalid="ignore", divide="ignore"):
         corner = np.where(has, corner_px / (4 * cw * ch), np.nan)
-    # colour: per-channel median of the blob's pixels that differ most from the
-    # background (its upper half by distance): edge pixels blended with the background
-    # (blur, compression) are left out
-    rgb = x[px_f, px_y, px_x]  # [P, 3] uint8, grouped by frame
-    px_d2 = dist2[px_f, px_y, px_x]
-    bounds = np.searchsorted(px_f, np.arange(f_n + 1))
-    obj_rgb = np.full((f_n, 3), np.nan)
-    for i in np.nonzero(has)[0]:
-        d2 = px_d2[bounds[i]:bounds[i + 1]]
-        core = d2 >= np.median(d2)
-        obj_rgb[i] = np.median(rgb[bounds[i]:bounds[i + 1]][core], axis=0)
+    obj_rgb = _blob_colours(x, dist2, blobs, px)
     colour = np.where(has, nearest_palette(np.nan_to_num(obj_rgb)), -1)
-    # edge sharpness: boundary pixels (a 4-neighbour inside the frame is background)
-    steps = []
-    boundary = np.zeros(total, dtype=bool)
-    pix = rgb.astype(np.float32)
-    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-        ny, nx = px_y + dy, px_x + dx
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        ny, nx = np.clip(ny, 0, h - 1), np.clip(nx, 0, w - 1)
-        boundary |= inside & not_fg[px_f, ny, nx]
-        step = np.sqrt(((x[px_f, ny, nx].astype(np.float32) - pix) ** 2).sum(-1))
-        steps.append(np.where(inside, step, 0.0))
-    edge = np.max(steps, axis=0) if total else np.zeros(0)
-    edge_sum = np.bincount(px_f[boundary], weights=edge[boundary], minlength=f_n)
-    edge_n = np.bincount(px_f[boundary], minlength=f_n)
-    contrast = np.sqrt(((np.nan_to_num(obj_rgb) - bg_rgb) ** 2).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sharpness = np.where(has & (edge_n > 0), edge_sum / np.maximum(edge_n, 1)
-                             / np.maximum(contrast, 1e-6), np.nan)
-    # solidity: area / convex hull area of the pixel squares (their corners per row)
-    if len(c_row):
-        row_starts = np.flatnonzero(np.r_[True, np.diff(c_row) != 0])
-        r_top = (c_row[row_starts] % h).astype(np.float64)
-        r_left = np.minimum.reduceat(c_start, row_starts).astype(np.float64)
-        r_right = np.maximum.reduceat(c_end, row_starts).astype(np.float64)
-        q_frame = np.repeat(c_row[row_starts] // h, 4)
-        q_x = np.stack([r_left, r_left, r_right, r_right], axis=1).ravel()
-        q_y = np.stack([r_top, r_top + 1, r_top, r_top + 1], axis=1).ravel()
-        hull = _hull_areas(q_frame, q_x, q_y, f_n, config.hull_directions)
-    else:
-        hull = np.full(f_n, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        solidity = np.where(has, blob_area / hull, np.nan)
+    sharpness = np.where(has, _edge_sharpness(x, fg, px, obj_rgb, bg_rgb), np.nan)
+    solidity = _solidity(blobs, blob_area, f_n, config)
     shape = classify_shape(fill, np.nan_to_num(solidity, nan=1.0), corner, config)
     bbox = np.stack([x_min, y_min, x_max, y_max], axis=1)
     bbox[~has] = -1
     return FrameDetections(
         height=h, width=w, background=bg_idx, background_rgb=bg_rgb.astype(np.float64),
-        background_mean_rgb=bg_mean.astype(np.float64), n_blobs=n_blobs, present=n_blobs == 1,
-        colour=colour, object_rgb=obj_rgb, shape=np.where(has, shape, -1), fill=fill,
-        solidity=solidity, corner=corner, cx=cx, cy=cy,
-        area=blob_area.astype(np.int64), bbox=bbox,
+        background_mean_rgb=bg_mean.astype(np.float64), n_blobs=blobs.n_blobs,
+        present=blobs.n_blobs == 1, colour=colour, object_rgb=obj_rgb,
+        shape=np.where(has, shape, -1), fill=fill, solidity=solidity, corner=corner, cx=cx,
+        cy=cy, area=blob_area.astype(np.int64), bbox=bbox,
         size=np.where(has, np.maximum(bw, bh), np.nan), sharpness=sharpness,
     )
 
@@ -400,12 +447,12 @@ def detect_frames(frames: np.ndarray, config: DetectorConfig = DEFAULT_CONFIG) -
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames [F, H, W, 3], got {frames.shape}")
+    if len(frames) == 0:
+        raise ValueError("no frames")
     if frames.dtype != np.uint8:
         frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
     parts = [_detect_chunk(frames[i : i + config.chunk], config)
-             for i in range(0, max(len(frames), 1), config.chunk)] if len(frames) else []
-    if not parts:
-        raise ValueError("no frames")
+             for i in range(0, len(frames), config.chunk)]
     return parts[0] if len(parts) == 1 else FrameDetections.concatenate(parts)
 
 
