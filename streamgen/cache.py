@@ -171,10 +171,12 @@ class RollingKVCache:
         dtype: torch.dtype = torch.float32,
         max_frames: int | None = None,
         rope_theta: float = 10000.0,
+        first_layer: int = 0,
     ):
         cfg.validate()
         self.cfg, self.grid = cfg, grid
         self.num_layers, self.head_dim, self.rope_theta = num_layers, head_dim, rope_theta
+        self.first_layer = first_layer  # model layer stored at index 0 (a pipeline stage caches layers [first, first + num))
         self.policy = make_sink_policy(cfg)
         if cfg.bounded:
             ring = cfg.window_frames - cfg.chunk_frames
@@ -279,6 +281,7 @@ class CacheView:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
         """Self-attention of this chunk's tokens. ``q, k, v``: ``[B, L, H, D]`` without RoPE."""
         c = self.cache
+        layer -= c.first_layer
         past_k = torch.cat([c.sink_k[layer, :, : self.sink_tokens], c.k[layer][:, self.ring_index]], dim=1)
         past_v = torch.cat([c.sink_v[layer, :, : self.sink_tokens], c.v[layer][:, self.ring_index]], dim=1)
         qr = apply_rope(q, *self.query_rope)

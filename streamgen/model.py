@@ -91,13 +91,16 @@ class CausalWanModel(nn.Module):
         return TokenGrid(height // ph, width // pw)
 
     def new_cache(self, cache_cfg: CacheConfig, batch_size: int, height: int, width: int, *, max_frames: int | None = None,
-                  device=None, dtype=None) -> RollingKVCache:
-        """A rolling cache shaped for this model and a latent frame size ``height x width``."""
+                  device=None, dtype=None, layers: range | None = None) -> RollingKVCache:
+        """A rolling cache shaped for this model and a latent frame size ``height x width``
+        (only for blocks ``layers``, default all: a pipeline-parallel stage caches its own blocks)."""
         p = next(self.parameters())
         c = self.config
+        layers = range(c.num_layers) if layers is None else layers
         return RollingKVCache(
-            cache_cfg, c.num_layers, batch_size, c.num_attention_heads, c.attention_head_dim, self.token_grid(height, width),
+            cache_cfg, len(layers), batch_size, c.num_attention_heads, c.attention_head_dim, self.token_grid(height, width),
             device=device or p.device, dtype=dtype or p.dtype, max_frames=max_frames, rope_theta=c.rope_theta,
+            first_layer=layers.start,
         )
 
     def full_attention(self, num_frames: int, height: int, width: int, frame_start: int = 0) -> FullAttention:
@@ -111,9 +114,16 @@ class CausalWanModel(nn.Module):
     # -- text --------------------------------------------------------------------------------
     def encode_context(self, text_states: torch.Tensor) -> TextContext:
         """Project text-encoder states ``[B, Lt, text_dim]`` and compute every layer's cross-attention K/V once."""
-        tokens = self.condition_embedder.text_embedder(text_states)
+        return self.context_from_tokens(self.condition_embedder.text_embedder(text_states))
+
+    def context_from_tokens(self, tokens: torch.Tensor) -> TextContext:
+        """Cross-attention K/V of projected text ``tokens`` ``[B, Lt, D]`` for every block this model holds
+        (a pipeline-parallel stage sets the blocks of other ranks to ``None``; their K/V entries are ``None``)."""
         kv = []
         for block in self.blocks:
+            if block is None:
+                kv.append(None)
+                continue
             a = block.attn2
             k = a.norm_k(a.to_k(tokens)).unflatten(2, (a.heads, -1))
             v = a.to_v(tokens).unflatten(2, (a.heads, -1))
@@ -126,8 +136,15 @@ class CausalWanModel(nn.Module):
         b, _, f, h, w = x.shape
         pt = self.config.patch_size[0]
         hidden = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
+        mod, temb = self.embed_timestep(timestep, b, f, hidden.dtype, x.device)
+        return TokenState(hidden, mod, temb, self.token_grid(h, w), f // pt)
+
+    def embed_timestep(self, timestep: torch.Tensor, b: int, f: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame modulation ``[B, F', 6, D]`` and embedding ``[B, F', D]`` of timesteps ``[B]`` or ``[B, F]``
+        for ``F`` latent frames (pipeline-parallel ranks recompute these instead of receiving them)."""
+        pt = self.config.patch_size[0]
         frames = f // pt
-        t = torch.as_tensor(timestep, device=x.device)
+        t = torch.as_tensor(timestep, device=device)
         if t.ndim == 0:
             t = t.expand(b)
         if t.ndim == 1:
@@ -139,9 +156,9 @@ class CausalWanModel(nn.Module):
         ce = self.condition_embedder
         tproj = ce.timesteps_proj(t.reshape(-1).float())
         temb_dtype = next(ce.time_embedder.parameters()).dtype
-        temb = ce.time_embedder(tproj.to(temb_dtype)).type_as(hidden)  # [B*F, D]
+        temb = ce.time_embedder(tproj.to(temb_dtype)).to(dtype)  # [B*F, D]
         mod = ce.time_proj(ce.act_fn(temb)).unflatten(-1, (6, -1))  # [B*F, 6, D]
-        return TokenState(hidden, mod.unflatten(0, (b, frames)), temb.unflatten(0, (b, frames)), self.token_grid(h, w), frames)
+        return mod.unflatten(0, (b, frames)), temb.unflatten(0, (b, frames))
 
     def run_blocks(self, state: TokenState, context: TextContext, attn: SelfAttentionPlan, layers: range | None = None) -> TokenState:
         """Run blocks ``layers`` (default: all) on ``state`` with self-attention through ``attn``."""

@@ -139,17 +139,20 @@ class StreamingPipeline:
             raise RuntimeError("no stream is running: start one with pipe.stream(prompt)")
         self.state.pending_prompt = prompt.strip()
 
-    def _apply_switch(self, prompt: str) -> None:
+    def _apply_switch(self, prompt: str, recache: bool = True) -> bool:
+        """Switch to ``prompt``; returns whether the mode re-caches, which happens here unless ``recache``
+        is False (the pipeline-parallel first rank runs the re-cache passes itself)."""
         st, mode = self.state, self.config.switch.mode
         if prompt == st.prompt:
-            return
+            return False
         new_states = self._text(prompt)
         if mode == "blend":
             st.blend_from, st.blend_step = st.text_states, 0
         st.prompt, st.text_states = prompt, new_states
         st.context = self.model.encode_context(new_states)
-        if mode == "recache":
+        if mode == "recache" and recache:
             self.recache()
+        return mode == "recache"
 
     def _chunk_context(self) -> TextContext:
         st = self.state
@@ -169,10 +172,22 @@ class StreamingPipeline:
         recache(st.cache, st.sink_chunks, st.recent_chunks, self._commit)
 
     def _commit(self, latents: torch.Tensor, frame_start: int) -> None:
-        st, sc = self.state, self.config.sampler
-        sigma = sc.context_timestep / 1000.0
-        noise = seeded_noise(latents.shape, st.seed, frame_start, _CONTEXT, device=self.device, dtype=self.dtype) if sigma > 0 else None
-        commit_chunk(self.model, st.cache, st.context, latents, sigma, noise, frame_start=frame_start)
+        sigma, noise = self._context_noise(latents.shape, frame_start)
+        commit_chunk(self.model, self.state.cache, self.state.context, latents, sigma, noise, frame_start=frame_start)
+
+    def _context_noise(self, shape, frame_start: int) -> tuple[float, torch.Tensor | None]:
+        """Noise level and noise of the pass that commits a chunk's K/V."""
+        sigma = self.config.sampler.context_timestep / 1000.0
+        noise = seeded_noise(shape, self.state.seed, frame_start, _CONTEXT, device=self.device, dtype=self.dtype) if sigma > 0 else None
+        return sigma, noise
+
+    def _step_noise(self, chunk: int, i: int) -> torch.Tensor:
+        """Initial noise (``i = 0``) or re-noising noise before step ``i`` of ``chunk``."""
+        return seeded_noise(self.latent_shape(), self.state.seed, chunk, _INIT + i, device=self.device, dtype=self.dtype)
+
+    def _switch_chunks(self, timeline: Timeline) -> dict[int, str]:
+        """Chunk -> prompt switched to at its start."""
+        return {chunk_of_frame(e.frame, self.chunk_frames, self.vae.temporal): e.prompt for e in timeline.switches()}
 
     # -- streaming ---------------------------------------------------------------------------
     def start(self, prompt: str, seed: int = 0, max_frames: int | None = None) -> None:
@@ -193,12 +208,8 @@ class StreamingPipeline:
             self._apply_switch(prompt)
         context = self._chunk_context()
         frame_start = st.chunk * C
-        shape = self.latent_shape()
-
-        def noise(i: int) -> torch.Tensor:
-            return seeded_noise(shape, st.seed, st.chunk, _INIT + i, device=self.device, dtype=self.dtype)
-
-        x0 = generate_chunk(self.model, st.cache, context, self.sigmas, noise)
+        chunk = st.chunk
+        x0 = generate_chunk(self.model, st.cache, context, self.sigmas, lambda i: self._step_noise(chunk, i))
         saved_ctx, st.context = st.context, context
         self._commit(x0, frame_start)
         st.context = saved_ctx
@@ -220,7 +231,7 @@ class StreamingPipeline:
         timeline = prompt if isinstance(prompt, Timeline) else Timeline.single(prompt)
         total = num_frames if num_frames is not None else (None if seconds is None else int(round(seconds * fps)))
         self.start(timeline.events[0].prompt, seed, total)
-        switches = {chunk_of_frame(e.frame, self.chunk_frames, self.vae.temporal): e.prompt for e in timeline.switches()}
+        switches = self._switch_chunks(timeline)
         made = 0
         while total is None or made < total:
             c = self.state.chunk

@@ -42,10 +42,25 @@ def generate_chunk(
         return model.forward_cached(x, t, context, cache, frame_start=frame_start)
 
     for i in range(last + 1):
-        final = i == last
-        with torch.set_grad_enabled(grad and final):
-            x0, x = denoise_step(predict, x, sigmas[i], None if final else sigmas[i + 1], None if final else noise(i + 1))
+        with torch.set_grad_enabled(grad and i == last):
+            x0, x = chunk_step(predict, x, sigmas, i, noise, last)
     return x0
+
+
+def chunk_step(predict, x: torch.Tensor, sigmas: list[float], i: int, noise: NoiseFn, last: int | None = None):
+    """Step ``i`` of a chunk's denoising (``denoise_step`` with the chunk's sigma grid and noise stream);
+    returns ``(x0, x_next)``, ``x_next = x0`` at the ``last`` step. The pipeline-parallel last rank calls
+    this with a ``predict`` that returns the flow the ranks computed."""
+    final = i == (len(sigmas) - 1 if last is None else last)
+    return denoise_step(predict, x, sigmas[i], None if final else sigmas[i + 1], None if final else noise(i + 1))
+
+
+def commit_input(x0: torch.Tensor, context_sigma: float = 0.0, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and timestep of the pass that writes a finished chunk's K/V (``commit_chunk``)."""
+    x = x0.detach()
+    if context_sigma > 0:
+        x = add_noise(x, noise if noise is not None else torch.randn_like(x), context_sigma)
+    return x, torch.tensor(timestep(context_sigma), device=x.device)
 
 
 @torch.no_grad()
@@ -60,10 +75,8 @@ def commit_chunk(
     frame_start: int | None = None,
 ) -> None:
     """Write a finished chunk's K/V into the cache (forward at the context noise level, no gradient)."""
-    x = x0.detach()
-    if context_sigma > 0:
-        x = add_noise(x, noise if noise is not None else torch.randn_like(x), context_sigma)
-    model.forward_cached(x, torch.tensor(timestep(context_sigma), device=x.device), context, cache, write=True, frame_start=frame_start)
+    x, t = commit_input(x0, context_sigma, noise)
+    model.forward_cached(x, t, context, cache, write=True, frame_start=frame_start)
 
 
 def remember_chunk(cache: RollingKVCache, sink_chunks: list, recent_chunks: deque, frame_start: int,
