@@ -52,9 +52,8 @@ def cmd_generate(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = StreamingPipeline.from_pretrained(args.model, args.overrides, device=args.device, dtype=DTYPES[args.dtype],
-                                             config_files=args.config)
-    fps = pipe.config.video.fps
+    # validate the config and the timeline before loading any weights: bad input fails fast
+    fps = StreamingPipeline.load_config(args.model, args.overrides, args.config).video.fps
     seconds = args.seconds
     if args.timeline:
         if seconds is None:
@@ -65,6 +64,8 @@ def cmd_generate(args) -> int:
         seconds = 10.0 if seconds is None else seconds
         timeline = Timeline.single(args.prompt)
     total = int(round(seconds * fps))
+    pipe = StreamingPipeline.from_pretrained(args.model, args.overrides, device=args.device, dtype=DTYPES[args.dtype],
+                                             config_files=args.config)
     print(f"streamgen: {pipe.description}", file=sys.stderr)
     from tqdm import tqdm
 

@@ -91,10 +91,7 @@ class StreamingPipeline:
         from .loaders import load_wan_weights
 
         d = Path(path) if path is not None else DEFAULT_MODEL_DIR
-        cfg_file = d / "config.yaml"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{d} has no config.yaml: pass a streamgen model directory")
-        cfg = load_config([cfg_file, *config_files], overrides)
+        cfg = cls.load_config(path, overrides, config_files)
         model = CausalWanModel(cfg.model)
         weights = d / "transformer.safetensors"
         description = f"model {d}"
@@ -110,6 +107,15 @@ class StreamingPipeline:
         vae = load_vae(d / "vae") if (d / "vae").is_dir() else load_vae(ASSETS / "vae")
         text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length, device=device)
         return cls(model, vae, text, cfg, device=device, dtype=dtype, description=description)
+
+    @staticmethod
+    def load_config(path: str | Path | None = None, overrides: list[str] = (), config_files: list[str] = ()) -> StreamGenConfig:
+        """The validated config of a model directory (``None``: the embedded default) with overrides."""
+        d = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        cfg_file = d / "config.yaml"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{d} has no config.yaml: pass a streamgen model directory")
+        return load_config([cfg_file, *config_files], overrides)
 
     # -- geometry ----------------------------------------------------------------------------
     @property
