@@ -228,6 +228,124 @@ class TeacherRunConfig:
         StreamGenConfig.validate(self)
 
 
+EXIT_STEP_MODES = ("same", "per_chunk", "last")
+
+
+@dataclass
+class DistillConfig:
+    """Distilling the bidirectional teacher into the causal few-step student (``streamgen.distill``).
+
+    Times are flow-matching timesteps in [0, 1000]; lengths are latent frames. The teacher sees
+    ``train.latent_frames`` frames (its training clip length); student rollouts are
+    ``rollout_frames`` long and the teacher supervises windows of its own length (streaming long
+    tuning), each adding ``min_new_frames..max_new_frames`` new frames to the stream.
+    """
+
+    # -- weights
+    teacher: str = "runs/teacher"  # teacher run dir (its latest checkpoint), checkpoint dir or weights file
+    teacher_module: str = "ema"  # module of a run checkpoint to read: ema | model
+    init_generator: str = "runs/ode_init"  # ODE-regression run (or weights); "" = the teacher's weights
+    init_module: str = "ema"  # module of the init run's checkpoint: ema | generator
+    gradient_checkpointing: bool = False  # teacher/critic full-clip passes (student rollouts never checkpoint)
+    # -- ODE pairs (train/ode_init.py pairs; the regression itself is configured by the ``ode`` section)
+    ode_pairs_dir: str = "runs/ode_pairs"
+    ode_num_pairs: int = 512
+    ode_teacher_steps: int = 40  # Euler steps of the teacher grid (the student's sigmas are inserted)
+    ode_shard_size: int = 8  # pairs per shard file (and per teacher batch)
+    # -- DMD
+    real_guidance_scale: float = 4.0  # teacher CFG: uncond + s * (cond - uncond)
+    fake_guidance_scale: float = 1.0  # critic CFG (1 = conditional critic only, Self-Forcing's default)
+    min_timestep: float = 20.0  # DMD / critic noise levels: u ~ U(0, 1), shift, clamp to [min, max] / 1000
+    max_timestep: float = 980.0
+    timestep_shift: float = 3.0
+    lr_critic: float = 4.0e-6  # generator lr is train.lr
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # both optimizers (Self-Forcing: beta1 = 0)
+    critic_grad_clip: float = 10.0  # generator: train.grad_clip
+    dfake_gen_update_ratio: int = 5  # critic every step, generator every this many steps
+    ema_start_step: int = 200  # EMA copies the generator until this step, then averages (train.ema_decay)
+    # -- Self-Forcing rollouts and streaming long tuning
+    rollout_frames: int = 12  # frames per training stream (longer than window + sink: the cache rolls)
+    min_new_frames: int = 1  # new frames per window after the first (multiples of cache.chunk_frames)
+    max_new_frames: int = 3  # <= train.latent_frames - 1: a window's first frame is always context
+    supervise_first_window: bool = True  # DMD on frames [0, latent_frames) too (plain Self-Forcing)
+    exit_step: str = "same"  # same (one random exit step for the stream) | per_chunk | last
+    # -- prompt switches (the re-cache follows switch.mode, as inference)
+    switch_prob: float = 0.5  # probability that a stream switches prompt once
+    min_switch_frame: int = 4  # earliest switch frame (a window boundary)
+    # -- reward-weighted DMD (Reward Forcing's Re-DMD) with the toy detector's motion score
+    reward_beta: float = 0.0  # 0 = off; weight exp(beta * motion) per sample, normalised to batch mean 1
+    # -- evaluation (streams through the inference pipeline, scored by the toy detector)
+    eval_frames: int = 49
+
+    def validate(self) -> None:
+        if self.teacher_module not in ("ema", "model"):
+            raise ConfigError(f"distill.teacher_module must be ema or model, got {self.teacher_module!r}")
+        if self.init_module not in ("ema", "generator"):
+            raise ConfigError(f"distill.init_module must be ema or generator, got {self.init_module!r}")
+        if self.exit_step not in EXIT_STEP_MODES:
+            raise ConfigError(f"distill.exit_step must be one of {EXIT_STEP_MODES}, got {self.exit_step!r}")
+        if not 0 <= self.min_timestep < self.max_timestep <= 1000:
+            raise ConfigError(f"need 0 <= distill.min_timestep < distill.max_timestep <= 1000, got "
+                              f"{self.min_timestep}, {self.max_timestep}")
+        if self.dfake_gen_update_ratio < 1:
+            raise ConfigError(f"distill.dfake_gen_update_ratio must be >= 1, got {self.dfake_gen_update_ratio}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"distill.betas must be [beta1, beta2], got {self.betas}")
+        if not 1 <= self.min_new_frames <= self.max_new_frames:
+            raise ConfigError(f"need 1 <= distill.min_new_frames <= distill.max_new_frames, got "
+                              f"{self.min_new_frames}, {self.max_new_frames}")
+        if not 0.0 <= self.switch_prob <= 1.0:
+            raise ConfigError(f"distill.switch_prob must lie in [0, 1], got {self.switch_prob}")
+        if self.ode_shard_size < 1 or self.ode_num_pairs < 1 or self.ode_teacher_steps < 1:
+            raise ConfigError("distill.ode_num_pairs, ode_shard_size and ode_teacher_steps must be >= 1")
+
+
+@dataclass
+class DistillRunConfig:
+    """ODE initialisation and DMD distillation of the causal student (``train/ode_init.py``,
+    ``train/distill.py``). ``model`` is the student's shape, which is also the teacher's and the
+    critic's (the student starts from the teacher); ``cache`` / ``sampler`` / ``switch`` are the
+    student's inference settings, used unchanged by the training rollouts."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/distill"))  # DMD
+    ode: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/ode_init"))  # ODE regression
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    vae_path: str = "assets/vae"
+
+    def validate(self) -> None:
+        StreamGenConfig.validate(self)
+        c, d, T = self.cache.chunk_frames, self.distill, self.train.latent_frames
+        if self.sampler.schedule != "chunkwise":
+            raise ConfigError("distillation rollouts use sampler.schedule 'chunkwise'")
+        if self.ode.latent_frames != T:
+            raise ConfigError(f"ode.latent_frames ({self.ode.latent_frames}) must equal train.latent_frames ({T}): "
+                              "both are the teacher's clip length")
+        for name, v in (("train.latent_frames", T), ("distill.rollout_frames", d.rollout_frames),
+                        ("distill.min_new_frames", d.min_new_frames), ("distill.max_new_frames", d.max_new_frames),
+                        ("distill.min_switch_frame", d.min_switch_frame)):
+            if v % c:
+                raise ConfigError(f"{name}={v} must be a multiple of cache.chunk_frames={c}")
+        if d.rollout_frames < T:
+            raise ConfigError(f"distill.rollout_frames ({d.rollout_frames}) must be >= train.latent_frames ({T})")
+        if d.rollout_frames > T and d.max_new_frames > T - 1:
+            raise ConfigError(f"distill.max_new_frames ({d.max_new_frames}) must be <= train.latent_frames - 1 "
+                              f"({T - 1}): a window after the first starts with a context frame")
+        if d.switch_prob > 0 and not 0 < d.min_switch_frame < d.rollout_frames:
+            raise ConfigError(f"distill.min_switch_frame ({d.min_switch_frame}) must lie in (0, rollout_frames)")
+
+    def stream_config(self) -> StreamGenConfig:
+        """The student's inference config (what ``StreamingPipeline`` loads from an export)."""
+        sampler = dataclasses.replace(self.sampler, guidance_scale=1.0)
+        return StreamGenConfig(model=self.model, cache=self.cache, sampler=sampler, switch=self.switch,
+                               text=self.text, video=self.video)
+
+
 def _valid_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
