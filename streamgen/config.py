@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -244,7 +244,7 @@ class DistillConfig:
     # -- weights
     teacher: str = "runs/teacher"  # teacher run dir (its latest checkpoint), checkpoint dir or weights file
     teacher_module: str = "ema"  # module of a run checkpoint to read: ema | model
-    init_generator: str = "runs/ode_init"  # ODE-regression run (or weights); "" = the teacher's weights
+    init_generator: Optional[str] = "runs/ode_init"  # ODE-regression run (or weights); null / "" = the teacher's weights
     init_module: str = "ema"  # module of the init run's checkpoint: ema | generator
     gradient_checkpointing: bool = False  # teacher/critic full-clip passes (student rollouts never checkpoint)
     # -- ODE pairs (train/ode_init.py pairs; the regression itself is configured by the ``ode`` section)

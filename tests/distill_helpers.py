@@ -68,13 +68,13 @@ switch: {{mode: recache}}
 video: {{height: 32, width: 32, fps: 16}}
 vae_path: {root}/vae
 train: {{run_dir: {root}/run, steps: 8, batch_size: 1, lr: 1.0e-3, warmup_steps: 0, latent_frames: 3,
-        log_every: 1, ckpt_every: 2, eval_every: 0, ema_decay: 0.9}}
+        log_every: 1, ckpt_every: 2, eval_every: 8, eval_prompts: 1, ema_decay: 0.9}}
 ode: {{run_dir: {root}/ode_run, steps: 3, batch_size: 2, lr: 1.0e-3, warmup_steps: 0, latent_frames: 3,
       log_every: 1, ckpt_every: 2, eval_every: 0}}
 distill: {{teacher: {root}/teacher.safetensors, init_generator: "", ode_pairs_dir: {root}/pairs, ode_num_pairs: 3,
           ode_teacher_steps: 4, ode_shard_size: 2, lr_critic: 1.0e-3, dfake_gen_update_ratio: 2, ema_start_step: 2,
           rollout_frames: 6, min_new_frames: 1, max_new_frames: 2, switch_prob: 0.5, min_switch_frame: 3,
-          reward_beta: {reward_beta}}}
+          reward_beta: {reward_beta}, eval_frames: 9}}
 """
 
 

@@ -128,6 +128,9 @@ def test_dmd_two_processes_kill_and_resume_repeats_the_uninterrupted_run(setup):
     gen_steps = [s for s in ref if "dmd_loss" in ref[s]]
     assert gen_steps == [1, 3, 5, 7]  # dfake_gen_update_ratio 2: generator on steps 0, 2, 4, 6
     assert any(ref[s]["switch"] >= 0 for s in ref) and any(ref[s]["windows"] > 1 for s in ref)
+    evals = [json.loads(line) for line in (ref_dir / "log.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [e["step"] for e in evals] == [8] and evals[0]["eval"][0]["clips"] == 1  # streamed + scored
+    assert (ref_dir / "eval" / "step_0000008.txt").is_file()
     # the exported EMA student is a model directory the inference pipeline reads
     from streamgen.config import load_config
     from streamgen.loaders import load_wan_weights

@@ -7,7 +7,7 @@ tuning, prompt switches, optional reward weighting).
 
 Needs a teacher (``distill.teacher``: the teacher run dir) and, normally, the ODE-regression
 initialisation of the student (``distill.init_generator``, from ``train/ode_init.py``;
-``distill.init_generator=`` starts from the teacher's weights instead).
+``distill.init_generator=null`` starts from the teacher's weights instead).
 
 One training step (per process, ``train.batch_size`` streams):
 
