@@ -109,6 +109,10 @@ def main(argv=None) -> None:
         print(f"distill: student {n / 1e6:.2f}M parameters, {acc.num_processes} process(es), resuming at step {run.step}; "
               f"streams of {d.rollout_frames} frames, teacher windows of {T}, cache window {cfg.cache.window_frames} "
               f"+ sink {cfg.cache.sink_frames}", flush=True)
+        cc = cfg.cache
+        if not cc.bounded or d.rollout_frames <= cc.window_frames + cc.sink_frames:
+            print("WARNING: streams never evict a frame (distill.rollout_frames <= cache.window_frames + "
+                  "cache.sink_frames, or an unbounded window): training does not see the rolling cache", flush=True)
 
     def step_fn(step: int) -> dict:
         t0 = time.perf_counter()
