@@ -206,8 +206,8 @@ class StreamingPipeline:
         self.state = StreamState(cache, self.vae.stream_decoder(), prompt, states, self.model.encode_context(states), seed)
 
     @torch.no_grad()
-    def next_chunk(self) -> ChunkOutput:
-        """Generate, commit and decode one chunk."""
+    def next_chunk(self, decode: bool = True) -> ChunkOutput:
+        """Generate, commit and (unless ``decode`` is False, for DiT-only timing) decode one chunk."""
         st, C = self.state, self.chunk_frames
         if st.pending_prompt is not None:
             prompt, st.pending_prompt = st.pending_prompt, None
@@ -220,7 +220,7 @@ class StreamingPipeline:
         self._commit(x0, frame_start)
         st.context = saved_ctx
         self._remember(frame_start, x0)
-        frames = to_uint8(st.decoder.decode(x0.to(torch.float32)))
+        frames = to_uint8(st.decoder.decode(x0.to(torch.float32))) if decode else np.zeros((0, 0, 0, 3), np.uint8)
         first = 0 if st.chunk == 0 else self.chunk_pixel_frames(0) + (st.chunk - 1) * self.chunk_pixel_frames(1)
         out = ChunkOutput(st.chunk, first, frames, x0, st.prompt)
         st.chunk += 1
