@@ -495,3 +495,19 @@ def test_lora_only_and_missing_entries(tmp_path):
     d.mkdir()
     with pytest.raises(CheckpointFormatError, match="no weight file"):
         load_wan_weights(fresh(), d)
+
+
+@pytest.mark.parametrize("builder", [_save_wan_native_dir, _save_self_forcing_ema, _save_longlive, _save_reward_forcing],
+                         ids=lambda b: b.__name__[6:])
+def test_formats_load_into_the_streaming_model(builder, tmp_path, src, other):
+    """The engine's CausalWanModel loads every format strictly and matches the stock diffusers model."""
+    from streamgen.model import CausalWanModel
+
+    path, fmt, prefer, reference = builder(tmp_path, src, other)
+    ours = CausalWanModel.from_diffusers_config(dict(reference.config)).eval()
+    load_wan_weights(ours, path, prefer=prefer)
+    g = torch.Generator().manual_seed(7)
+    x, ctx = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 5, 16, generator=g)
+    with torch.no_grad():
+        got = ours(x, torch.tensor([500.0]), ctx)
+    assert (got - run(reference)).abs().max().item() <= 1e-5
