@@ -32,13 +32,16 @@ class TextEncoder:
 
     def encode(self, prompts: str | list[str]) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        found = {p: self._cache[p] for p in prompts if p in self._cache}
+        todo = [p for p in dict.fromkeys(prompts) if p not in found]
         if todo:
-            for p, e in zip(todo, self._encode(todo)):
-                if len(self._cache) >= self.cache_size:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[p] = e
-        return torch.stack([self._cache[p] for p in prompts])
+            found.update(zip(todo, self._encode(todo)))
+        for p in dict.fromkeys(prompts):  # least recently used first out
+            self._cache.pop(p, None)
+            self._cache[p] = found[p]
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        return torch.stack([found[p] for p in prompts])
 
 
 class MiniLMEncoder(TextEncoder):
