@@ -1,0 +1,70 @@
+"""Faults under pipeline parallelism: a killed, hung or failing rank ends the run on every other
+rank within the timeout, with an error naming it, and the mp4 written so far stays readable."""
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pp_helpers import switch_timeline, tiny_pp_pipeline, NUM_FRAMES
+from streamgen.parallel.runtime import launch_local, run_pipeline_parallel
+from streamgen.parallel.schedule import COMMIT
+from streamgen.parallel.transport import PeerFailure
+from streamgen.video import read_video
+
+TIMEOUT = 3.0
+FAULT_CHUNK = 2  # after this chunk's commit pass; chunks 0-2 are 5 + 8 + 8 pixel frames
+FRAMES_BEFORE = 21
+
+
+def _rank(rank, world, out, victim, how, marker):
+    def on_work(r, w):
+        if r == victim and w.kind == COMMIT and w.chunk == FAULT_CHUNK:
+            Path(marker).write_text(repr(time.time()))
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif how == "hang":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                raise ValueError("injected failure")
+
+    try:
+        run_pipeline_parallel(tiny_pp_pipeline, switch_timeline(), num_frames=NUM_FRAMES, seed=3, out_path=out,
+                              timeout=TIMEOUT, on_work=on_work)
+    except PeerFailure:
+        Path(f"{marker}.{rank}").write_text(repr(time.time()))
+        raise  # an error result makes the launcher stop the (hung) victim after its grace period
+
+
+@pytest.mark.parametrize("world,victim,how", [
+    (3, 1, "kill"),  # a middle rank dies: both neighbours name it
+    (2, 0, "hang"),  # the first rank stops (SIGSTOP): the writer names it after the timeout
+    (2, 1, "kill"),  # the writer itself dies
+    (3, 2, "raise"),  # an exception on the last rank reaches the others
+])
+def test_fault_ends_run_with_error_naming_rank(tmp_path, world, victim, how):
+    out, marker = tmp_path / "v.mp4", tmp_path / "fault_time"
+    res = launch_local(world, _rank, (str(out), victim, how, str(marker)), timeout=60, grace=1.0)
+    fault_time = float(marker.read_text())
+    for r, (status, value) in enumerate(res):
+        if r == victim:
+            if how == "raise":
+                assert status == "error" and value[0] == "ValueError"
+            else:
+                assert status == "died"
+            continue
+        assert status == "error", (r, status, value)
+        kind, msg, culprit = value
+        assert kind == "PeerFailure" and culprit == victim, (r, value)
+        assert f"rank {victim}" in msg, msg
+        if how == "raise":
+            assert "injected failure" in msg
+        t_end = float(Path(f"{marker}.{r}").read_text())
+        assert t_end - fault_time < TIMEOUT + 2.5, f"rank {r} took {t_end - fault_time:.1f} s to give up"
+    frames = read_video(out)
+    if victim == world - 1 and how == "kill":
+        # the writer was killed: what reached ffmpeg is playable (Python's pipe buffer may hold the last frame)
+        assert FRAMES_BEFORE - 2 <= len(frames) <= FRAMES_BEFORE
+    else:
+        assert frames.shape == (FRAMES_BEFORE, 32, 32, 3)
