@@ -71,3 +71,9 @@ def test_gloo_processes_equal_single_process(ref, tmp_path, n):
     assert last.frames == NUM_FRAMES and 0.0 <= last.bubble < 1.0 and last.ttff > 0
     assert last.costs is not None and len(last.costs["block"]) == 6  # partition from measured costs
     assert read_video(out).shape == (NUM_FRAMES, 32, 32, 3)
+    # each rank holds only its blocks' weights and K/V cache
+    full = tiny_pp_pipeline()
+    full_params = sum(p.numel() * p.element_size() for p in full.model.parameters())
+    full_cache = full.model.new_cache(full.config.cache, 1, 4, 4).nbytes()
+    assert all(s["param_bytes"] < full_params * 0.8 for s in last.stats)
+    assert sum(s["cache_bytes"] for s in last.stats) == full_cache

@@ -357,7 +357,9 @@ def run_rank(pipe: StreamingPipeline, transport: Transport, timeline: Timeline |
         transport.flush()
         wall = time.perf_counter() - t_start
         mine = dict(rank=rank, layers=[runner.layers.start, runner.layers.stop], busy_s=runner.busy,
-                    wait_s=runner.wait, wall_s=wall, passes=runner.passes)
+                    wait_s=runner.wait, wall_s=wall, passes=runner.passes,
+                    param_bytes=sum(p.numel() * p.element_size() for p in pipe.model.parameters()),
+                    cache_bytes=runner.cache.nbytes())
         transport.publish(f"stats/{rank}", json.dumps(mine))
         res = PPResult(rank, n, [(p.start, p.stop) for p in parts], costs=costs)
         if runner.last:

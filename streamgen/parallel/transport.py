@@ -331,9 +331,13 @@ class TorchDistributedTransport(Transport):
     NCCL waits poll ``is_completed`` so the liveness checks run while waiting.
     """
 
-    def __init__(self, *, timeout: float = 60.0, interval: float = 0.2, store=None, group=None, prefix: str = "streamgen_pp/"):
+    _runs = 0  # transports created in this process: runs in one process group get their own store keys
+
+    def __init__(self, *, timeout: float = 60.0, interval: float = 0.2, store=None, group=None, prefix: str | None = None):
         import torch.distributed as dist
 
+        TorchDistributedTransport._runs += 1
+        prefix = prefix if prefix is not None else f"streamgen_pp/{TorchDistributedTransport._runs}/"
         self.dist, self.group = dist, group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.backend = dist.get_backend(group)
