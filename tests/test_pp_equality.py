@@ -57,8 +57,10 @@ def test_threads_other_switch_modes_and_context_noise(mode, ctx_t):
 
 
 def _gloo_rank(rank, world, out):
+    # 3 ranks also move blocks over gloo: to given counts before chunk 2, to the measured balance before 5
+    rebalance = {2: [1, 4, 1], 5: "measure"} if world == 3 else None
     return run_pipeline_parallel(tiny_pp_pipeline, switch_timeline(), num_frames=NUM_FRAMES, seed=SEED, out_path=out,
-                                 keep_outputs=True, timeout=30.0)
+                                 keep_outputs=True, timeout=30.0, rebalance=rebalance)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -70,6 +72,8 @@ def test_gloo_processes_equal_single_process(ref, tmp_path, n):
     _assert_equal(last, *ref)
     assert last.frames == NUM_FRAMES and 0.0 <= last.bubble < 1.0 and last.ttff > 0
     assert last.costs is not None and len(last.costs["block"]) == 6  # partition from measured costs
+    if n == 3:
+        assert [c for c, _ in last.rebalances] == [2, 5] and last.rebalances[0][1] == [(0, 1), (1, 5), (5, 6)]
     assert read_video(out).shape == (NUM_FRAMES, 32, 32, 3)
     # each rank holds only its blocks' weights and K/V cache
     full = tiny_pp_pipeline()
@@ -77,3 +81,18 @@ def test_gloo_processes_equal_single_process(ref, tmp_path, n):
     full_cache = full.model.new_cache(full.config.cache, 1, 4, 4).nbytes()
     assert all(s["param_bytes"] < full_params * 0.8 for s in last.stats)
     assert sum(s["cache_bytes"] for s in last.stats) == full_cache
+
+
+@pytest.mark.parametrize("rebalance", [{2: [1, 4, 1], 5: [3, 1, 2]}, {3: "measure"}])
+def test_rebalance_moves_blocks_and_keeps_the_video(ref, rebalance):
+    """Blocks (weights and K/V) move between ranks at chunk boundaries, across the prompt switch's
+    re-cache (chunk 3), and the video stays the single-process one."""
+    res = run_threads(tiny_pp_pipeline, switch_timeline(), 3, num_frames=NUM_FRAMES, seed=SEED, keep_outputs=True,
+                      partition=[2, 2, 2], rebalance=rebalance)
+    assert all(not isinstance(r, BaseException) for r in res), res
+    last = res[-1]
+    _assert_equal(last, *ref)
+    assert [c for c, _ in last.rebalances] == sorted(rebalance)
+    if 5 in rebalance:
+        assert last.rebalances == [(2, [(0, 1), (1, 5), (5, 6)]), (5, [(0, 3), (3, 4), (4, 6)])]
+        assert last.partition == [(0, 3), (3, 4), (4, 6)]

@@ -19,6 +19,7 @@ after the last step, decodes and writes the chunk. Prompt switches follow the si
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import gc
 import json
@@ -42,7 +43,7 @@ from ..timeline import Timeline
 from ..video import VideoWriter, to_uint8
 from .partition import Costs, balance, even, from_counts, measure_costs
 from .schedule import COMMIT, KINDS, RECACHE, STEP, Schedule, StreamPlan, Work
-from .transport import HOP, RING, InProcessHub, InProcessTransport, PeerFailure, TorchDistributedTransport, Transport
+from .transport import HOP, MIGRATE, RING, InProcessHub, InProcessTransport, PeerFailure, TorchDistributedTransport, Transport
 
 HEADER = 8  # float64: pass index, kind, chunk, step, frame_start, context id, timestep, text tokens that follow
 
@@ -61,6 +62,7 @@ class PPResult:
     bubble: float | None = None  # 1 - sum(busy) / (ranks * wall)
     stats: list[dict] = field(default_factory=list)  # per rank: busy_s, wait_s, wall_s, passes, layers
     costs: dict | None = None  # measured costs the partition came from
+    rebalances: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)  # (chunk, new partition)
     latents: list[torch.Tensor] | None = None  # keep_outputs: clean latents per chunk (last rank)
     video: np.ndarray | None = None  # keep_outputs: [F, H, W, 3] uint8 (last rank)
 
@@ -106,18 +108,23 @@ class _Rank:
     """One rank's state and loop (see the module doc)."""
 
     def __init__(self, pipe: StreamingPipeline, transport: Transport, plan: StreamPlan, partition: list[range],
-                 timeline: Timeline, seed: int, total: int, out_path, keep: bool, on_work):
+                 timeline: Timeline, seed: int, total: int, out_path, keep: bool, on_work, rebalance=None):
         self.pipe, self.tr, self.plan = pipe, transport, plan
         self.rank, self.n = transport.rank, transport.world_size
         self.first, self.last = self.rank == 0, self.rank == self.n - 1
+        self.partition = list(partition)
         self.layers = partition[self.rank]
+        self.rebalance = dict(rebalance or {})
+        self.rebalances: list[tuple[int, list[tuple[int, int]]]] = []
+        self.timed = {"blocks": 0.0, "passes": 0, "embed": 0.0, "head": 0.0, "steps": 0, "decode": 0.0, "chunks": 0}
+        self.sync = pipe.device.type == "cuda" and any(v == "measure" for v in self.rebalance.values())
         self.total, self.keep, self.on_work = total, keep, on_work
         self.shape = pipe.latent_shape()
         strip_to_stage(pipe, self.layers, self.first, self.last)
         m, cfg = pipe.model, pipe.config
         self.model, self.dev, self.dtype = m, pipe.device, pipe.dtype
         self.C, self.T = cfg.cache.chunk_frames, len(pipe.sigmas)
-        max_latent = None if cfg.cache.bounded else max(plan.num_chunks, 1) * self.C
+        self.max_latent = max_latent = None if cfg.cache.bounded else max(plan.num_chunks, 1) * self.C
         self.cache = m.new_cache(cfg.cache, 1, self.shape[3], self.shape[4], max_frames=max_latent,
                                  device=self.dev, dtype=self.dtype, layers=self.layers)
         prompt = timeline.events[0].prompt
@@ -150,6 +157,8 @@ class _Rank:
         pipe, plan = self.pipe, self.plan
         self.t0 = time.perf_counter()
         for c in range(plan.num_chunks):
+            if c in self.rebalance:
+                self._rebalance(c, self.rebalance[c])
             st = pipe.state
             if self.first:  # StreamingPipeline.stream / next_chunk, with the re-cache run as passes below
                 if c in self.switches and st.pending_prompt is None:
@@ -213,17 +222,25 @@ class _Rank:
             ctx = self.ctx
             mod, temb = m.embed_timestep(t, 1, self.C, self.dtype, self.dev)
             state = TokenState(self.hidden, mod, temb, self.grid, self.frames)
+        if self.first:
+            self.timed["embed"] += self._clock() - t_start - (self.wait - wait0)
+        t_blocks = self._clock()
         view = self.cache.view(w.frame_start, self.C, write=w.writes)
         state = m.run_blocks(state, ctx, view, self.layers)
         if w.writes:
             self.cache.commit(view)
+        self.timed["blocks"] += self._clock() - t_blocks
+        self.timed["passes"] += 1
         header = self._header(w, self.ctx_id, float(t), 0 if tokens is None else tokens.shape[1])
         if not self.last:
             self.tr.send(self.rank + 1, HOP, [header, state.hidden])
             if tokens is not None:
                 self.tr.send(self.rank + 1, HOP, [tokens])
         elif w.kind == STEP:
+            t_head = self._clock()
             self._sample(w, state, t)
+            self.timed["head"] += self._clock() - t_head - self.timed.pop("_decode_now", 0.0)
+            self.timed["steps"] += 1
         self.passes += 1
         self.busy += (time.perf_counter() - t_start) - (self.wait - wait0)
         if self.on_work is not None:
@@ -270,6 +287,7 @@ class _Rank:
             self._emit(c, x0)
 
     def _emit(self, c: int, x0: torch.Tensor) -> None:
+        t_dec = self._clock()
         frames = to_uint8(self.pipe.state.decoder.decode(x0.to(torch.float32)))
         if self.made + len(frames) > self.total:
             frames = frames[: self.total - self.made]
@@ -280,6 +298,77 @@ class _Rank:
             self.latents.append(x0.detach().cpu().clone())
             self.videos.append(frames)
         self.chunk_times.append(time.perf_counter() - self.t0)
+        dt = self._clock() - t_dec
+        self.timed["decode"] += dt
+        self.timed["_decode_now"] = dt
+        self.timed["chunks"] += 1
+
+    def _clock(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize(self.dev)
+        return time.perf_counter()
+
+    # -- re-balancing ----------------------------------------------------------------------------
+    def _rebalance(self, chunk: int, spec) -> None:
+        """Move blocks (weights and K/V cache) between ranks at a chunk boundary, to block counts
+        ``spec`` or, with ``"measure"``, to the balance of what every rank measured so far."""
+        L = len(self.model.blocks)
+        if spec == "measure":
+            t = self.timed
+            mine = dict(block=t["blocks"] / max(t["passes"], 1) / len(self.layers), embed=t["embed"] / max(t["passes"], 1),
+                        head=t["head"] / max(t["steps"], 1), decode=t["decode"] / max(t["chunks"], 1))
+            self.tr.publish(f"rebalance{chunk}/{self.rank}", json.dumps(mine))
+            got = [json.loads(v) for v in self.tr.collect(f"rebalance{chunk}")]
+            block = [got[r]["block"] for r, p in enumerate(self.partition) for _ in p]
+            costs = Costs(block, embed=got[0]["embed"], head=got[-1]["head"], decode=got[-1]["decode"])
+            new = balance(costs, self.n, self.T)
+        else:
+            new = from_counts(spec, L)
+        self.tr.liveness.set_state("busy")
+        if new != self.partition:
+            self._migrate(new)
+        self.rebalances.append((chunk, [(p.start, p.stop) for p in new]))
+
+    def _migrate(self, new: list[range]) -> None:
+        m, old_cache = self.model, self.cache
+        owner = lambda part, i: next(r for r, p in enumerate(part) if i in p)  # noqa: E731
+        old_layers, new_layers = self.layers, new[self.rank]
+        li = lambda c, i: i - c.first_layer  # noqa: E731
+        for i in old_layers:  # blocks leaving this rank: weights, then the layer's K/V (sink and ring)
+            if i not in new_layers:
+                c = old_cache
+                payload = list(m.blocks[i].state_dict().values()) + [c.k[li(c, i)], c.v[li(c, i)], c.sink_k[li(c, i)], c.sink_v[li(c, i)]]
+                self.tr.send(owner(new, i), MIGRATE, payload)
+        template = m.blocks[old_layers.start]
+        cache = m.new_cache(self.pipe.config.cache, 1, self.shape[3], self.shape[4], max_frames=self.max_latent,
+                            device=self.dev, dtype=self.dtype, layers=new_layers)
+        cache.state = copy.deepcopy(old_cache.state)
+        for i in new_layers:
+            j = li(cache, i)
+            if i in old_layers:
+                for name in ("k", "v", "sink_k", "sink_v"):
+                    getattr(cache, name)[j] = getattr(old_cache, name)[li(old_cache, i)]
+                continue
+            blk = copy.deepcopy(template)
+            sd = blk.state_dict()
+            bufs = [torch.empty_like(v) for v in sd.values()] + [torch.empty_like(cache.k[j]), torch.empty_like(cache.v[j]),
+                                                                 torch.empty_like(cache.sink_k[j]), torch.empty_like(cache.sink_v[j])]
+            self._recv(owner(self.partition, i), MIGRATE, bufs)
+            blk.load_state_dict(dict(zip(sd.keys(), bufs[: len(sd)])))
+            m.blocks[i] = blk
+            cache.k[j], cache.v[j], cache.sink_k[j], cache.sink_v[j] = bufs[len(sd):]
+        for i in old_layers:
+            if i not in new_layers:
+                m.blocks[i] = None
+        self.tr.flush()
+        self.cache = self.pipe.state.cache = cache
+        self.layers, self.partition = new_layers, list(new)
+        # cross-attention K/V for the blocks now held
+        st = self.pipe.state
+        if self.first:
+            st.context = m.context_from_tokens(st.context.tokens)  # a new object: sent as a new context
+        elif self.ctx is not None:
+            self.ctx = m.context_from_tokens(self.ctx.tokens)
 
     # -- messages ------------------------------------------------------------------------------
     def _header(self, w: Work, ctx_id: int, t: float, n_text: int) -> torch.Tensor:
@@ -338,7 +427,7 @@ def resolve_partition(partition, pipe: StreamingPipeline, transport: Transport, 
 
 def run_rank(pipe: StreamingPipeline, transport: Transport, timeline: Timeline | str, *, total_frames: int,
              out_path=None, seed: int = 0, partition="measure", keep_outputs: bool = False,
-             on_work: Callable[[int, Work], None] | None = None) -> PPResult:
+             on_work: Callable[[int, Work], None] | None = None, rebalance=None) -> PPResult:
     """Run this rank's part of the stream over ``transport`` (see ``run_pipeline_parallel``)."""
     rank, n = transport.rank, transport.world_size
     timeline = timeline if isinstance(timeline, Timeline) else Timeline.single(timeline)
@@ -349,7 +438,7 @@ def run_rank(pipe: StreamingPipeline, transport: Transport, timeline: Timeline |
         transport.barrier("setup")
         parts, costs = resolve_partition(partition, pipe, transport, len(pipe.sigmas))
         plan = plan_stream(pipe, timeline, total_frames)
-        runner = _Rank(pipe, transport, plan, parts, timeline, seed, total_frames, out_path, keep_outputs, on_work)
+        runner = _Rank(pipe, transport, plan, parts, timeline, seed, total_frames, out_path, keep_outputs, on_work, rebalance)
         transport.barrier("start")
         t_start = time.perf_counter()
         runner.run()
@@ -361,7 +450,7 @@ def run_rank(pipe: StreamingPipeline, transport: Transport, timeline: Timeline |
                     param_bytes=sum(p.numel() * p.element_size() for p in pipe.model.parameters()),
                     cache_bytes=runner.cache.nbytes())
         transport.publish(f"stats/{rank}", json.dumps(mine))
-        res = PPResult(rank, n, [(p.start, p.stop) for p in parts], costs=costs)
+        res = PPResult(rank, n, [(p.start, p.stop) for p in runner.partition], costs=costs, rebalances=runner.rebalances)
         if runner.last:
             res.stats = [json.loads(s) for s in transport.collect("stats")]
             res.frames = runner.made
@@ -402,15 +491,17 @@ def run_pipeline_parallel(pipe_factory: Callable[[], StreamingPipeline], timelin
                           seconds: float | None = None, out_path=None, seed: int = 0, *, num_frames: int | None = None,
                           world_size: int | None = None, partition="measure", timeout: float = 120.0,
                           transport: Transport | None = None, keep_outputs: bool = False,
-                          on_work: Callable[[int, Work], None] | None = None) -> PPResult:
+                          on_work: Callable[[int, Work], None] | None = None, rebalance=None) -> PPResult:
     """Generate one stream with the DiT blocks split over ranks; call it on every rank.
 
     Under ``torchrun --nproc_per_node=N`` (or any ``env://`` launch) the process group is created here
     (NCCL when the pipeline is on a GPU, gloo on the CPU) unless it exists. ``pipe_factory()`` builds
     this rank's pipeline (use ``local_device()`` for the device); the last rank writes ``out_path``.
     ``partition``: ``"measure"`` (balance measured per-block cost, head and VAE counted), ``"even"`` or
-    block counts per rank. A rank that dies, fails or sends nothing for ``timeout`` seconds makes every
-    rank raise ``PeerFailure`` naming it; the mp4 written so far stays playable.
+    block counts per rank. ``rebalance``: ``{chunk: "measure" | block counts}`` moves blocks (weights and
+    K/V) between ranks before that chunk, to the balance of the stage times measured so far or to the
+    given counts. A rank that dies, fails or sends nothing for ``timeout`` seconds makes every rank
+    raise ``PeerFailure`` naming it; the mp4 written so far stays playable.
     """
     pipe = pipe_factory()
     total = num_frames if num_frames is not None else int(round(seconds * pipe.config.video.fps)) if seconds is not None else None
@@ -431,7 +522,7 @@ def run_pipeline_parallel(pipe_factory: Callable[[], StreamingPipeline], timelin
     ok = False
     try:
         res = run_rank(pipe, transport, timeline, total_frames=total, out_path=out_path, seed=seed,
-                       partition=partition, keep_outputs=keep_outputs, on_work=on_work)
+                       partition=partition, keep_outputs=keep_outputs, on_work=on_work, rebalance=rebalance)
         ok = True
         return res
     finally:

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-HOP, RING = 1, 2  # message tags
+HOP, RING, MIGRATE = 1, 2, 3  # message tags
 
 
 class PeerFailure(RuntimeError):
