@@ -31,7 +31,41 @@ def _generate_parser(sub) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks (DiT blocks split over ranks); launch with "
+                   "torchrun --nproc_per_node=N -m streamgen generate --pp N ...")
+    p.add_argument("--pp-timeout", type=float, default=120.0, help="seconds a rank may go silent before every rank "
+                   "stops with an error naming it")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. cache.sink_policy=ema")
+
+
+def _generate_pp(args, timeline, total: int) -> int:
+    """``--pp N``: this process is one of N torchrun ranks; the last one writes the video."""
+    import os
+
+    from .parallel.runtime import local_device, run_pipeline_parallel
+    from .parallel.transport import PeerFailure
+    from .pipeline import StreamingPipeline
+
+    if int(os.environ.get("WORLD_SIZE", 1)) != args.pp:
+        print(f"streamgen: error: --pp {args.pp} needs {args.pp} ranks: torchrun --nproc_per_node={args.pp} "
+              f"-m streamgen generate --pp {args.pp} ... (WORLD_SIZE is {os.environ.get('WORLD_SIZE', 'unset')})", file=sys.stderr)
+        return 2
+    device = str(local_device()) if args.device == "cuda" else args.device
+
+    def factory():
+        return StreamingPipeline.from_pretrained(args.model, args.overrides, device=device, dtype=DTYPES[args.dtype],
+                                                 config_files=args.config)
+
+    try:
+        res = run_pipeline_parallel(factory, timeline, out_path=args.out, seed=args.seed, num_frames=total,
+                                    world_size=args.pp, timeout=args.pp_timeout)
+    except PeerFailure as e:
+        print(f"streamgen: error: {e}", file=sys.stderr)
+        return 1
+    if res.rank == args.pp - 1:
+        print(f"wrote {res.frames} frames to {args.out} with {args.pp} pipeline ranks (blocks {res.partition}): "
+              f"{res.fps:.1f} FPS end to end, first frame after {res.ttff:.2f} s, bubble {res.bubble:.2f}")
+    return 0
 
 
 def _eval_parser(sub) -> None:
@@ -64,6 +98,8 @@ def cmd_generate(args) -> int:
         seconds = 10.0 if seconds is None else seconds
         timeline = Timeline.single(args.prompt)
     total = int(round(seconds * fps))
+    if args.pp > 1:
+        return _generate_pp(args, timeline, total)
     pipe = StreamingPipeline.from_pretrained(args.model, args.overrides, device=args.device, dtype=DTYPES[args.dtype],
                                              config_files=args.config)
     print(f"streamgen: {pipe.description}", file=sys.stderr)
