@@ -68,3 +68,18 @@ def test_fault_ends_run_with_error_naming_rank(tmp_path, world, victim, how):
         assert FRAMES_BEFORE - 2 <= len(frames) <= FRAMES_BEFORE
     else:
         assert frames.shape == (FRAMES_BEFORE, 32, 32, 3)
+
+
+def _slow_loader_rank(rank, world):
+    def factory():
+        if rank == 1:
+            time.sleep(2.5)  # longer than the heartbeat staleness (1.6 s): rank 0 is already waiting for it
+        return tiny_pp_pipeline()
+
+    return run_pipeline_parallel(factory, switch_timeline(), num_frames=13, seed=3, timeout=10.0).frames
+
+
+def test_a_rank_that_loads_slowly_is_not_a_failure():
+    """A rank still building its pipeline has no heartbeat yet: the others wait for it (up to the timeout)."""
+    res = launch_local(2, _slow_loader_rank, timeout=60)
+    assert res == [("ok", 0), ("ok", 13)], res

@@ -511,6 +511,8 @@ def run_pipeline_parallel(pipe_factory: Callable[[], StreamingPipeline], timelin
     if transport is None:
         import torch.distributed as dist
 
+        if pipe.device.type == "cuda":
+            torch.cuda.set_device(pipe.device)  # NCCL peer-to-peer on this rank's GPU
         if not dist.is_initialized():
             backend = "nccl" if pipe.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=max(timeout, 60.0)))

@@ -175,13 +175,17 @@ class Liveness:
         counter, since = self._seen.get(r, (-1, time.monotonic()))
         return time.monotonic() - since
 
+    def is_stale(self, r: int) -> bool:
+        """No new heartbeat from ``r`` for ``stale_after`` s (``timeout`` if it never beat: it may still be loading)."""
+        counter, since = self._seen.get(r, (-1, time.monotonic()))
+        return time.monotonic() - since > (self.timeout if counter < 0 else self.stale_after)
+
     def _culprit(self, start: int, timed_out: bool) -> tuple[int, str] | None:
         r, chain = start, []
         while r is not None and 0 <= r < self.world_size and r != self.rank and r not in chain:
             chain.append(r)
-            stale = self._stale_for(r)
-            if stale > self.stale_after:
-                return r, f"rank {r} stopped responding: no heartbeat for {stale:.1f} s (killed, crashed or hung)"
+            if self.is_stale(r):
+                return r, f"rank {r} stopped responding: no heartbeat for {self._stale_for(r):.1f} s (killed, crashed or hung)"
             state, peer, busy_for = self._hb.get(r, ("init", -1, 0.0))
             if state == "failed":
                 return r, f"rank {r} failed"
@@ -266,7 +270,7 @@ class Transport:
                 raise ab
             if time.monotonic() - t0 > self.liveness.timeout:
                 raise self.liveness.diagnose(missing, f"did not publish {key!r} within {self.liveness.timeout:.0f} s", True)
-            if self.liveness._stale_for(missing) > self.liveness.stale_after:
+            if self.liveness.is_stale(missing):
                 raise self.liveness.diagnose(missing, f"did not publish {key!r}", False)
             self.liveness.set_state("wait", missing)
             time.sleep(0.005)
@@ -385,7 +389,7 @@ class TorchDistributedTransport(Transport):
                 ab = self.liveness.check_abort()
                 if ab is not None:
                     raise ab
-                if self.liveness._stale_for(peer) > self.liveness.stale_after:
+                if self.liveness.is_stale(peer):
                     raise self.liveness.diagnose(peer, what, False)
                 if now - t0 > timeout:
                     raise self.liveness.diagnose(peer, f"{what} for {timeout:.0f} s", True)
