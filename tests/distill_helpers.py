@@ -9,6 +9,7 @@ import torch
 
 from streamgen.config import CacheConfig, ModelConfig, SwitchConfig
 from streamgen.model import CausalWanModel
+from helpers import tiny_pca_vae
 
 TINY = ModelConfig(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, text_dim=16,
                    freq_dim=16, ffn_dim=32, num_layers=2)
@@ -30,17 +31,7 @@ def tiny(seed: int = 0, config: ModelConfig = TINY, std: float = 0.3) -> CausalW
 
 def tiny_vae(z_dim: int = 4, seed: int = 0):
     """PCA VAE with random orthonormal bases: exact linear encode/decode geometry, no fitting."""
-    from streamgen.vae import PCAVideoVAE
-
-    vae = PCAVideoVAE(z_dim)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in ("first_basis", "basis"):
-            b = getattr(vae, name)
-            q, _ = torch.linalg.qr(torch.randn(b.shape[1], b.shape[0], generator=g, dtype=torch.float64))
-            b.copy_(q.T.float())
-        vae.scale.fill_(0.2)
-    return vae.eval()
+    return tiny_pca_vae(z_dim, seed, scale=0.2)
 
 
 class StubText:

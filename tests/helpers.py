@@ -30,7 +30,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def tiny_pca_vae(z_dim: int = 8, seed: int = 0):
+def tiny_pca_vae(z_dim: int = 8, seed: int = 0, scale: float = 0.2):
     """A PCA VAE with random orthonormal bases (no fitting): exact linear encode/decode geometry."""
     from streamgen.vae import PCAVideoVAE
 
@@ -41,7 +41,7 @@ def tiny_pca_vae(z_dim: int = 8, seed: int = 0):
             b = getattr(vae, name)
             q, _ = torch.linalg.qr(torch.randn(b.shape[1], b.shape[0], generator=g))
             b.copy_(q.T)
-        vae.scale.fill_(0.2)
+        vae.scale.fill_(scale)
     return vae.eval()
 
 

@@ -9,7 +9,7 @@ from streamgen.model import CausalWanModel
 from streamgen.pipeline import StreamingPipeline
 from streamgen.timeline import Timeline
 from streamgen.vae import PCAVideoVAE
-from helpers import randomize_
+from helpers import randomize_, tiny_pca_vae
 
 PP_MODEL = ModelConfig(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
                        freq_dim=16, ffn_dim=32, num_layers=6)
@@ -35,15 +35,7 @@ class HashText:
 
 def pca_vae(z_dim: int = 4, seed: int = 0) -> PCAVideoVAE:
     """PCA VAE with random orthonormal bases."""
-    vae = PCAVideoVAE(z_dim)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in ("first_basis", "basis"):
-            b = getattr(vae, name)
-            q, _ = torch.linalg.qr(torch.randn(b.shape[1], b.shape[0], generator=g))
-            b.copy_(q.T)
-        vae.scale.fill_(0.3)
-    return vae.eval()
+    return tiny_pca_vae(z_dim, seed, scale=0.3)
 
 
 def tiny_pp_pipeline(seed: int = 0, mode: str = "recache", context_timestep: float = 0.0, cache: CacheConfig = PP_CACHE,
