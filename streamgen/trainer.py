@@ -126,6 +126,26 @@ class Run:
         bar.close()
 
 
+def optimizer_step(accelerator, loss: torch.Tensor, model, opt, sched, ema: EMA | None, grad_clip: float, step: int) -> dict:
+    """Backward, clip, step and EMA update of one model; returns the metrics every trainer logs."""
+    finite_or_raise(loss, step)
+    accelerator.backward(loss)
+    gnorm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(accelerator.unwrap_model(model))
+    return {"loss": loss.detach(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
+
+
+def write_eval(run: Run, step: int, table: str) -> None:
+    """Save an eval table under ``run_dir/eval/`` and print it."""
+    (run.dir / "eval").mkdir(exist_ok=True)
+    (run.dir / "eval" / f"step_{step:07d}.txt").write_text(table + "\n")
+    print(f"\n[eval @ {step}]\n{table}", flush=True)
+
+
 def finite_or_raise(loss: torch.Tensor, step: int) -> None:
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower train.lr or check the data")

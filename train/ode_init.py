@@ -37,7 +37,7 @@ from streamgen.config import DistillRunConfig, load_config  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import few_step_sigmas, seeded_noise  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
-from streamgen.trainer import EMA, Run, finite_or_raise, warmup_lambda  # noqa: E402
+from streamgen.trainer import EMA, Run, optimizer_step, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 
 
@@ -156,21 +156,12 @@ def regress(cfg: DistillRunConfig, fresh: bool = False) -> None:
         states = text.encode([caps[i] for i in idx.tolist()]).to(acc.device)
         with acc.autocast():
             loss = D.ode_regression_loss(student, x, sig, states, plan, C, g)
-        finite_or_raise(loss, step)
-        acc.backward(loss)
-        gnorm = acc.clip_grad_norm_(student.parameters(), oc.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(acc.unwrap_model(student))
-        return {"loss": loss.detach(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
+        return optimizer_step(acc, loss, student, opt, sched, ema, oc.grad_clip, step)
 
     def eval_fn(step: int) -> dict:
         rows, table = D.stream_eval(ema.module, vae.to(acc.device), text, cfg, num_prompts=oc.eval_prompts,
                                     num_frames=d.eval_frames, seed=1234)
-        (run.dir / "eval").mkdir(exist_ok=True)
-        (run.dir / "eval" / f"step_{step:07d}.txt").write_text(table + "\n")
-        print(f"\n[eval @ {step}]\n{table}", flush=True)
+        write_eval(run, step, table)
         return rows
 
     run.loop(step_fn, eval_fn if oc.eval_every > 0 else None)

@@ -24,7 +24,7 @@ from streamgen.data import toy_batch  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import add_noise, flow_target, shift_sigma, stable_seed, timestep  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
-from streamgen.trainer import EMA, Run, finite_or_raise, init_adaln_zero, warmup_lambda  # noqa: E402
+from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 
 
@@ -75,23 +75,14 @@ def main(argv=None) -> None:
         with acc.autocast():
             pred = model(xt, timestep(sigma), states)
         loss = torch.nn.functional.mse_loss(pred.float(), flow_target(x0, noise))
-        finite_or_raise(loss, step)
-        acc.backward(loss)
-        gnorm = acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(acc.unwrap_model(model))
-        return {"loss": loss.detach(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
+        return optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step)
 
     def eval_fn(step: int) -> dict:
         from streamgen.eval_suite import teacher_eval
 
         rows, table = teacher_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, steps=tc.eval_steps,
                                    guidance=tc.guidance_scale, seed=1234)
-        (run.dir / "eval").mkdir(exist_ok=True)
-        (run.dir / "eval" / f"step_{step:07d}.txt").write_text(table + "\n")
-        print(f"\n[eval @ {step}]\n{table}", flush=True)
+        write_eval(run, step, table)
         return rows
 
     run.loop(step_fn, eval_fn if tc.eval_every > 0 else None)
