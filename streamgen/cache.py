@@ -221,6 +221,10 @@ class RollingKVCache:
             raise ValueError(f"chunks must be aligned: frame_start={start}, num_frames={n}, chunk_frames={c.chunk_frames}")
         return CacheView(self, start, n, write)
 
+    def joint_view(self, frame_start: int, num_chunks: int) -> "JointCacheView":
+        """Read-only attention for ``num_chunks`` in-flight chunks starting at ``frame_start`` (rolling schedule)."""
+        return JointCacheView(self, frame_start, num_chunks)
+
     def commit(self, view: "CacheView") -> None:
         """Record on the host that ``view``'s chunk was written to every layer."""
         s = self.state
@@ -304,6 +308,99 @@ class CacheView:
             c.policy.on_evict(c.sink_k[layer], c.sink_v[layer], c.k[layer, :, self.write_slice], c.v[layer, :, self.write_slice])
         c.k[layer, :, self.write_slice] = k
         c.v[layer, :, self.write_slice] = v
+
+
+class JointCacheView:
+    """Read-only attention plan of ``num_chunks`` consecutive in-flight chunks in ONE forward (the
+    ``rolling`` schedule). Computed once on the host per tick, used by every layer.
+
+    Attention rule: in-flight chunk ``j`` (frames ``[s_j, s_j + C)``, ``s_j = frame_start + j C``) sees
+    exactly the frames a single chunk at ``s_j`` sees (``CacheView``): its sink frames
+    ``[0, sink_valid_frames(s_j))`` at ``sink_positions(s_j)`` and its window ``[window_start(s_j), s_j + C)``.
+    A visible frame that is committed (``< frame_start``) is read from the cache (clean K/V, the sink
+    buffer as the sink policy keeps it); a visible frame that is in flight (itself and earlier in-flight
+    chunks inside its window, also in-flight sink frames during warm-up) uses this forward's current,
+    noisy K/V. So the in-flight chunks are block-causal among themselves and the window bounds them
+    too (exactly what ``BlockCausalPlan`` gives over ``[committed clean | in-flight]``).
+
+    Keys: ``[sink copy per distinct sink phase | visible ring frames | in-flight frames]`` and a boolean
+    mask over them (``None`` when everything is visible, e.g. one chunk). Positions are those of the
+    oldest chunk (``position_offset(frame_start)``); RoPE is relative, so the other chunks' scores equal
+    their own offsets' (sink copies carry each chunk's own sink phase, shifted into that frame).
+    With ``num_chunks == 1`` the keys, positions and arithmetic are those of ``CacheView`` (bit for bit).
+    """
+
+    write = False
+
+    def __init__(self, cache: RollingKVCache, frame_start: int, num_chunks: int):
+        cfg, t, C = cache.cfg, cache.grid.tokens, cache.cfg.chunk_frames
+        if frame_start % C or num_chunks < 1:
+            raise ValueError(f"joint window must start on a chunk and hold >= 1 chunk: frame_start={frame_start}, num_chunks={num_chunks}")
+        self.cache, self.frame_start, self.num_chunks = cache, frame_start, num_chunks
+        self.num_frames = num_chunks * C
+        starts = [frame_start + j * C for j in range(num_chunks)]
+        ws = [window_start(cfg, s, C) for s in starts]
+        off0 = position_offset(cfg, frame_start, C)
+        self.sink_committed = sink_valid_frames(cfg, frame_start)
+        if self.sink_committed > cache.state.sink_filled:
+            raise RuntimeError(
+                f"joint window at frame {frame_start} needs {self.sink_committed} sink frames but the cache holds "
+                f"{cache.state.sink_filled}: commit (or re-cache) the sink chunks first"
+            )
+        # One sink copy per distinct sink phase (absolute + anchor: a single copy shared by all chunks).
+        copies: dict[tuple[int, ...], int] = {}
+        chunk_copy = []
+        for s in starts:
+            pos = tuple(p + position_offset(cfg, s, C) - off0 for p in sink_positions(cfg, s, C))
+            chunk_copy.append(copies.setdefault(pos, len(copies)))
+        self.sink_copies = [len(p) for p in copies]  # frames per copy: committed first, then in flight
+        # Committed ring frames visible to some chunk: [window_start(oldest), frame_start).
+        slots = [i for i, f in enumerate(cache.state.slot_frame) if ws[0] <= f < frame_start]
+        frames = [cache.state.slot_frame[i] for i in slots]
+        self.ring_index: torch.Tensor | slice
+        if slots == list(range(len(slots))):
+            self.ring_index = slice(0, len(slots) * t)
+        else:
+            tok = torch.tensor(slots)[:, None] * t + torch.arange(t)[None, :]
+            self.ring_index = tok.reshape(-1).to(cache.k.device)
+        q_frames = list(range(frame_start, starts[-1] + C))
+        key_pos = [p for pos in copies for p in pos] + [f - off0 for f in frames]
+        q_pos = [f - off0 for f in q_frames]
+        self.key_positions, self.query_positions = key_pos, q_pos
+        g, hd, th, dev = cache.grid, cache.head_dim, cache.rope_theta, cache.k.device
+        self.past_rope = rope_cos_sin(rope_angles(key_pos, g.height, g.width, hd, th), torch.float32, dev)
+        self.query_rope = rope_cos_sin(rope_angles(q_pos, g.height, g.width, hd, th), torch.float32, dev)
+        # Frame-level visibility [query frame, key frame], expanded to tokens.
+        copy_base = [sum(self.sink_copies[:i]) for i in range(len(self.sink_copies))]
+        ring_base = sum(self.sink_copies)
+        fly_base = ring_base + len(frames)
+        mask = torch.zeros(len(q_frames), fly_base + len(q_frames), dtype=torch.bool)
+        for j, s in enumerate(starts):
+            rows = slice(j * C, (j + 1) * C)
+            b = copy_base[chunk_copy[j]]
+            mask[rows, b : b + self.sink_copies[chunk_copy[j]]] = True
+            for i, f in enumerate(frames):
+                if f >= ws[j]:
+                    mask[rows, ring_base + i] = True
+            lo = max(ws[j], frame_start)
+            mask[rows, fly_base + lo - frame_start : fly_base + s + C - frame_start] = True
+        self.frame_mask = mask
+        self.mask = None if bool(mask.all()) else mask.repeat_interleave(t, 0).repeat_interleave(t, 1).to(dev)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+        """Self-attention of all in-flight tokens. ``q, k, v``: ``[B, num_frames * T, H, D]`` without RoPE."""
+        c, t, sc = self.cache, self.cache.grid.tokens, self.sink_committed
+        layer -= c.first_layer
+        pk, pv = [], []
+        for n in self.sink_copies:  # committed sink frames from the cache, in-flight ones from this forward
+            pk += [c.sink_k[layer, :, : sc * t], k[:, : (n - sc) * t]]
+            pv += [c.sink_v[layer, :, : sc * t], v[:, : (n - sc) * t]]
+        past_k = torch.cat(pk + [c.k[layer][:, self.ring_index]], dim=1)
+        past_v = torch.cat(pv + [c.v[layer][:, self.ring_index]], dim=1)
+        qr = apply_rope(q, *self.query_rope)
+        keys = torch.cat([apply_rope(past_k, *self.past_rope), apply_rope(k, *self.query_rope)], dim=1)
+        values = torch.cat([past_v, v], dim=1)
+        return attention(qr, keys, values, self.mask, backend)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,19 @@ committed at the context noise level, and its latents are decoded by the streami
 once. A prompt switch (from a timeline or ``set_prompt``) swaps the cross-attention K/V and, per
 ``switch.mode``, re-caches the window under the new prompt (``recache``), does nothing more
 (``none``), or interpolates text embeddings over a few chunks (``blend``).
+
+``sampler.schedule: rolling`` (Rolling Forcing joint-window denoising) keeps up to ``T`` chunks in
+flight (``T`` = number of sigmas): each tick runs ONE forward over ``[c, ..., c + T - 1]`` where chunk
+``c + j`` is at sigma index ``T - 1 - j`` (``rollout.rolling_tick``, attention rule in
+``cache.JointCacheView``), then ``denoise_step`` per chunk: the oldest yields its final x0, which is
+committed, remembered and decoded; the others are re-noised with the same seeded noise keys as the
+chunkwise schedule; a new chunk enters with its initial noise. Warm-up ticks hold fewer chunks and a
+finite stream drains at the end. Prompt switch rule under ``rolling``: a switch (timeline or
+``set_prompt``) is applied at the tick its chunk *enters* (``set_prompt``: the next chunk to enter);
+from that tick on the whole joint forward, and the commit of the chunks finishing then, use the new
+prompt, so the ``T - 1`` older in-flight chunks finish their remaining steps under it; ``recache``
+re-computes the committed window at that tick before the forward, ``blend`` advances once per
+entering chunk. ``ChunkOutput.prompt`` is the prompt in effect when the chunk entered.
 """
 from __future__ import annotations
 
@@ -27,7 +40,7 @@ import torch
 from .cache import RollingKVCache
 from .config import StreamGenConfig, load_config
 from .model import CausalWanModel, TextContext
-from .rollout import commit_chunk, generate_chunk, recache, remember_chunk
+from .rollout import commit_chunk, generate_chunk, recache, remember_chunk, rolling_tick
 from .sampler import few_step_sigmas, seeded_noise
 from .text import TextEncoder, load_text_encoder
 from .timeline import Timeline, chunk_of_frame
@@ -53,6 +66,16 @@ class ChunkOutput:
 
 
 @dataclass
+class InFlight:
+    """A chunk of the rolling schedule between entering and finishing."""
+
+    chunk: int
+    x: torch.Tensor  # latents at sigma index ``step`` (the input of its next step)
+    step: int
+    prompt: str  # prompt in effect when it entered
+
+
+@dataclass
 class StreamState:
     """Everything one stream carries between chunks."""
 
@@ -68,6 +91,12 @@ class StreamState:
     blend_from: torch.Tensor | None = None  # text states being blended away from
     blend_step: int = 0
     pending_prompt: str | None = None
+    # rolling schedule only
+    in_flight: deque = field(default_factory=deque)  # InFlight, oldest first
+    next_enter: int = 0  # next chunk to enter the joint window
+    end_chunk: int | None = None  # chunks of a finite stream (None: forever)
+    switches: dict = field(default_factory=dict)  # chunk -> prompt, applied when that chunk enters
+    tick_context: TextContext | None = None  # context of the joint forward (newest prompt / blend)
 
 
 class StreamingPipeline:
@@ -79,8 +108,7 @@ class StreamingPipeline:
         self.device, self.dtype, self.description = torch.device(device), dtype, description
         self.sigmas = few_step_sigmas(config.sampler.denoising_steps, config.sampler.shift, config.sampler.warp)
         self.state: StreamState | None = None
-        if config.sampler.schedule != "chunkwise":
-            raise NotImplementedError("sampler.schedule 'rolling' is not implemented yet; use 'chunkwise'")
+        self.rolling = config.sampler.schedule == "rolling"
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -138,7 +166,7 @@ class StreamingPipeline:
         return self.text_encoder.encode([prompt]).to(self.device, self.dtype)
 
     def set_prompt(self, prompt: str) -> None:
-        """Switch the prompt live; it takes effect on the next chunk."""
+        """Switch the prompt live; it takes effect on the next chunk (``rolling``: the next chunk to enter)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("set_prompt needs a non-empty string")
         if self.state is None:
@@ -208,6 +236,8 @@ class StreamingPipeline:
     @torch.no_grad()
     def next_chunk(self, decode: bool = True) -> ChunkOutput:
         """Generate, commit and (unless ``decode`` is False, for DiT-only timing) decode one chunk."""
+        if self.rolling:
+            return self._next_chunk_rolling(decode)
         st, C = self.state, self.chunk_frames
         if st.pending_prompt is not None:
             prompt, st.pending_prompt = st.pending_prompt, None
@@ -220,11 +250,55 @@ class StreamingPipeline:
         self._commit(x0, frame_start)
         st.context = saved_ctx
         self._remember(frame_start, x0)
+        return self._output(x0, st.prompt, decode)
+
+    def _output(self, x0: torch.Tensor, prompt: str, decode: bool) -> ChunkOutput:
+        """Decode finished chunk ``state.chunk`` and advance the output counter."""
+        st = self.state
         frames = to_uint8(st.decoder.decode(x0.to(torch.float32))) if decode else np.zeros((0, 0, 0, 3), np.uint8)
         first = 0 if st.chunk == 0 else self.chunk_pixel_frames(0) + (st.chunk - 1) * self.chunk_pixel_frames(1)
-        out = ChunkOutput(st.chunk, first, frames, x0, st.prompt)
+        out = ChunkOutput(st.chunk, first, frames, x0, prompt)
         st.chunk += 1
         return out
+
+    # -- rolling schedule ----------------------------------------------------------------------
+    def _next_chunk_rolling(self, decode: bool) -> ChunkOutput:
+        """Run ticks until the oldest in-flight chunk finishes (``T`` ticks at warm-up, then one)."""
+        while True:
+            out = self._tick(decode)
+            if out is not None:
+                return out
+
+    @torch.no_grad()
+    def _tick(self, decode: bool = True) -> ChunkOutput | None:
+        """One joint forward over the in-flight chunks; returns the chunk that finished, if any."""
+        st, C, T = self.state, self.chunk_frames, len(self.sigmas)
+        if st.end_chunk is None or st.next_enter < st.end_chunk:
+            k = st.next_enter
+            if k in st.switches and st.pending_prompt is None:
+                st.pending_prompt = st.switches[k]
+            if st.pending_prompt is not None:
+                prompt, st.pending_prompt = st.pending_prompt, None
+                self._apply_switch(prompt)  # recache (per switch.mode) before this tick's forward
+            st.tick_context = self._chunk_context()
+            st.in_flight.append(InFlight(k, self._step_noise(k, 0), 0, st.prompt))
+            st.next_enter += 1
+        if not st.in_flight:
+            raise RuntimeError("the stream has ended: every chunk was generated")
+        fl = list(st.in_flight)
+        assert fl[0].chunk == st.chunk and [f.chunk for f in fl] == list(range(fl[0].chunk, fl[0].chunk + len(fl)))
+        res = rolling_tick(self.model, st.cache, st.tick_context, [f.x for f in fl], [f.step for f in fl], self.sigmas,
+                           [lambda i, c=f.chunk: self._step_noise(c, i) for f in fl], frame_start=fl[0].chunk * C)
+        for f, (_, x_next) in zip(fl, res):
+            f.x, f.step = x_next, f.step + 1
+        if fl[0].step < T:
+            return None
+        done, x0 = st.in_flight.popleft(), res[0][0]
+        saved_ctx, st.context = st.context, st.tick_context
+        self._commit(x0, done.chunk * C)
+        st.context = saved_ctx
+        self._remember(done.chunk * C, x0)
+        return self._output(x0, done.prompt, decode)
 
     def _remember(self, frame_start: int, x0: torch.Tensor) -> None:
         st = self.state
@@ -238,10 +312,13 @@ class StreamingPipeline:
         total = num_frames if num_frames is not None else (None if seconds is None else int(round(seconds * fps)))
         self.start(timeline.events[0].prompt, seed, total)
         switches = self._switch_chunks(timeline)
+        if self.rolling:  # switches apply when their chunk enters the joint window; drain at the end
+            self.state.switches = switches
+            self.state.end_chunk = None if total is None else self.chunks_for(total)
         made = 0
         while total is None or made < total:
             c = self.state.chunk
-            if c in switches and self.state.pending_prompt is None:
+            if not self.rolling and c in switches and self.state.pending_prompt is None:
                 self.state.pending_prompt = switches[c]
             out = self.next_chunk()
             if total is not None and made + len(out.frames) > total:

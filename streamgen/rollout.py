@@ -2,6 +2,8 @@
 
 ``generate_chunk`` denoises one chunk through the rolling cache with ``denoise_step``;
 ``commit_chunk`` writes the finished chunk's K/V (the clean pass at the context noise level).
+``rolling_tick`` advances several in-flight chunks with one joint forward (the ``rolling``
+schedule), again through ``chunk_step`` / ``denoise_step``.
 The streaming pipeline, Self-Forcing training rollouts and the teacher sampler all call these:
 there is no other denoising loop.
 """
@@ -53,6 +55,51 @@ def chunk_step(predict, x: torch.Tensor, sigmas: list[float], i: int, noise: Noi
     this with a ``predict`` that returns the flow the ranks computed."""
     final = i == (len(sigmas) - 1 if last is None else last)
     return denoise_step(predict, x, sigmas[i], None if final else sigmas[i + 1], None if final else noise(i + 1))
+
+
+def rolling_tick(
+    model: CausalWanModel,
+    cache: RollingKVCache,
+    context: TextContext,
+    xs: list[torch.Tensor],
+    steps: list[int],
+    sigmas: list[float],
+    noises: list[NoiseFn],
+    *,
+    frame_start: int | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One tick of the ``rolling`` schedule (Rolling Forcing joint-window denoising).
+
+    ``xs[j]`` is in-flight chunk ``j`` (consecutive chunks, oldest first, the oldest at ``frame_start``,
+    default the cache's next frame) at denoising step ``steps[j]``. ONE model forward runs over the joint
+    window with per-frame timesteps (each chunk at its own sigma) through a read-only
+    ``JointCacheView`` (see its attention rule); then every chunk goes through ``chunk_step``, i.e.
+    ``denoise_step`` with its own sigma grid and noise stream, with a ``predict`` returning its slice of
+    that forward's flow (the forward runs lazily inside the first ``denoise_step``, so every denoising
+    forward still happens inside the step function). Returns ``(x0, x_next)`` per chunk;
+    ``x_next = x0`` for a chunk at its last step. Nothing is written: the caller commits finished chunks.
+    """
+    if not xs or len(xs) != len(steps) or len(xs) != len(noises):
+        raise ValueError("rolling_tick needs one step index and one noise stream per in-flight chunk")
+    frame_start = cache.next_frame if frame_start is None else frame_start
+    x = torch.cat(xs, dim=2)
+    b = x.shape[0]
+    sig = torch.tensor([sigmas[s] for s, xj in zip(steps, xs) for _ in range(xj.shape[2])], dtype=torch.float32, device=x.device)
+    t = timestep(sig)[None].expand(b, -1)  # [B, F]: each chunk at its own noise level
+    bounds = [0]
+    for xj in xs:
+        bounds.append(bounds[-1] + xj.shape[2])
+    flow: list[torch.Tensor] = []
+
+    def predict_for(j: int):
+        def predict(xj, tj):
+            assert xj is xs[j], "rolling_tick's predict returns the joint forward's flow of chunk j only"
+            if not flow:
+                flow.append(model.forward(x, t, context, cache.joint_view(frame_start, len(xs))))
+            return flow[0][:, :, bounds[j] : bounds[j + 1]]
+        return predict
+
+    return [chunk_step(predict_for(j), xs[j], sigmas, steps[j], noises[j]) for j in range(len(xs))]
 
 
 def commit_input(x0: torch.Tensor, context_sigma: float = 0.0, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,6 +70,9 @@ class PPResult:
 def plan_stream(pipe: StreamingPipeline, timeline: Timeline, total_frames: int) -> StreamPlan:
     """The pass sequence ``pipe.stream(timeline, num_frames=total_frames)`` runs (same chunk count,
     re-cache before the chunks where a switch changes the prompt in ``recache`` mode)."""
+    if pipe.config.sampler.schedule != "chunkwise":
+        raise NotImplementedError("the pipeline-parallel runtime runs sampler.schedule 'chunkwise' only; "
+                                  "'rolling' runs in the single-process StreamingPipeline")
     n = pipe.chunks_for(total_frames) if total_frames > 0 else 0
     rc = []
     if pipe.config.switch.mode == "recache":
