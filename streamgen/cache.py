@@ -328,6 +328,11 @@ class JointCacheView:
     oldest chunk (``position_offset(frame_start)``); RoPE is relative, so the other chunks' scores equal
     their own offsets' (sink copies carry each chunk's own sink phase, shifted into that frame).
     With ``num_chunks == 1`` the keys, positions and arithmetic are those of ``CacheView`` (bit for bit).
+
+    Limits: the sink is the stored one; an ``ema`` sink only blends committed chunks (when an in-flight
+    chunk is already out of a later in-flight chunk's window it is not blended in, unlike
+    ``BlockCausalPlan.sink_copies``). The token-level mask is ``(T C t) x (keys)`` booleans: fine for
+    small grids; for real resolutions build a flex block mask from ``frame_mask`` instead.
     """
 
     write = False
