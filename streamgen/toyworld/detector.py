@@ -57,6 +57,10 @@ class DetectorConfig:
     """Tuning constants of the detector (not part of the world spec)."""
 
     fg_threshold: float = 40.0  # RGB L2 distance from the background that counts as object
+    # second pass: a pixel is object only if it is also farther from the background than this
+    # fraction of the object-background contrast (0.5: the midpoint between the two colours), so
+    # rims blended by blur, compression or a lossy decoder do not inflate the silhouette
+    adaptive_threshold: float = 0.5
     denoise_sigma: float = 5.0  # frames whose border noise sigma exceeds this are box-filtered
     min_blob_area: int = 20  # px; smaller components are specks
     max_blob_fraction: float = 0.5  # components above this fraction of the frame are not objects
@@ -275,10 +279,8 @@ def _background(x: np.ndarray, config: DetectorConfig
     return bg_idx, bg_rgb, noise > config.denoise_sigma
 
 
-def _foreground(x: np.ndarray, bg_rgb: np.ndarray, noisy: np.ndarray,
-                config: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels far from the background. Returns (fg [F, H, W] bool, squared distance
-    [F, H, W] float32, mean RGB of the other pixels [F, 3])."""
+def _bg_distance2(x: np.ndarray, bg_rgb: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """Squared RGB distance [F, H, W] float32 of every pixel from its frame's background."""
     f_n, h, w, _ = x.shape
     dist2 = np.zeros((f_n, h, w), dtype=np.float32)
     for c in range(3):  # channel loop: avoids slow reductions over a length-3 axis
@@ -287,13 +289,29 @@ def _foreground(x: np.ndarray, bg_rgb: np.ndarray, noisy: np.ndarray,
             diff[noisy] = _box3(diff[noisy])
         diff -= bg_rgb[:, c, None, None].astype(np.float32)
         dist2 += diff * diff
-    fg = dist2 > config.fg_threshold**2
+    return dist2
+
+
+def _foreground(x: np.ndarray, dist2: np.ndarray, threshold2: np.ndarray | float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose squared background distance exceeds ``threshold2`` (scalar or per frame
+    [F]). Returns (fg [F, H, W] bool, mean RGB of the other pixels [F, 3])."""
+    f_n, h, w, _ = x.shape
+    fg = dist2 > np.broadcast_to(np.asarray(threshold2, dtype=np.float32), (f_n,))[:, None, None]
     fg_f, fg_y, fg_x = np.nonzero(fg)
     fg_sum = np.stack([np.bincount(fg_f, weights=x[fg_f, fg_y, fg_x, c], minlength=f_n)
                        for c in range(3)], axis=1)
     all_sum = np.stack([x[..., c].sum((1, 2), dtype=np.int64) for c in range(3)], axis=1)
     bg_count = np.maximum(h * w - np.bincount(fg_f, minlength=f_n), 1)
-    return fg, dist2, (all_sum - fg_sum) / bg_count[:, None]
+    return fg, (all_sum - fg_sum) / bg_count[:, None]
+
+
+def _blob_pixels(blobs: "_Blobs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chosen blobs' pixels as (frame, y, x) index arrays, grouped by frame."""
+    lengths = blobs.end - blobs.start
+    run_of_px = np.repeat(np.arange(len(lengths)), lengths)
+    offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return blobs.frame[run_of_px], blobs.y[run_of_px], blobs.start[run_of_px] + offset
 
 
 @dataclass(frozen=True)
@@ -388,8 +406,14 @@ def _solidity(blobs: _Blobs, blob_area: np.ndarray, f_n: int, config: DetectorCo
 def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
     f_n, h, w, _ = x.shape
     bg_idx, bg_rgb, noisy = _background(x, config)
-    fg, dist2, bg_mean = _foreground(x, bg_rgb, noisy, config)
+    dist2 = _bg_distance2(x, bg_rgb, noisy)
+    fg, bg_mean = _foreground(x, dist2, config.fg_threshold**2)
     blobs = _largest_blobs(fg, config)
+    if config.adaptive_threshold > 0 and blobs.has.any():
+        contrast2 = ((np.nan_to_num(_blob_colours(x, dist2, blobs, _blob_pixels(blobs))) - bg_rgb) ** 2).sum(-1)
+        threshold2 = np.maximum(config.fg_threshold**2, config.adaptive_threshold**2 * np.where(blobs.has, contrast2, 0.0))
+        fg, bg_mean = _foreground(x, dist2, threshold2)
+        blobs = _largest_blobs(fg, config)
     has = blobs.has
     # ---- geometry from the runs
     c_len = (blobs.end - blobs.start).astype(np.float64)
@@ -411,12 +435,8 @@ def _detect_chunk(x: np.ndarray, config: DetectorConfig) -> FrameDetections:
         cy = np.where(has, sum_y / blob_area, np.nan)
         fill = np.where(has, blob_area / (bw * bh), np.nan)
     # ---- blob pixels (runs expanded), grouped by frame
-    lengths = blobs.end - blobs.start
-    run_of_px = np.repeat(np.arange(len(lengths)), lengths)
-    offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    px_f, px_y = blobs.frame[run_of_px], blobs.y[run_of_px]
-    px_x = blobs.start[run_of_px] + offset
-    px = (px_f, px_y, px_x)
+    px = _blob_pixels(blobs)
+    px_f, px_y, px_x = px
     # corner occupancy of the bounding box
     cw = np.maximum(1, np.round(config.corner_fraction * bw)).astype(np.int64)
     ch = np.maximum(1, np.round(config.corner_fraction * bh)).astype(np.int64)
