@@ -77,6 +77,31 @@ def _eval_parser(sub) -> None:
     p.add_argument("--fps", type=int, default=16)
 
 
+def _suite_parser(sub) -> None:
+    p = sub.add_parser("suite", help="stream a fixed set of toy-world prompts and timelines and print one eval table")
+    p.add_argument("--model", default=None, help="model directory (default: the embedded toy-world model)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each prompt's clip")
+    p.add_argument("--long-seconds", type=float, default=0.0, help="also one long stream (drift), e.g. 180")
+    p.add_argument("--label", default="")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. cache.sink_policy=ema for ablations)")
+
+
+def cmd_suite(args) -> int:
+    from .eval_suite import pipeline_suite
+    from .pipeline import StreamingPipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = StreamingPipeline.from_pretrained(args.model, args.overrides)
+    print(f"streamgen: {pipe.description}", file=sys.stderr)
+    _, table = pipeline_suite(pipe, num_prompts=args.prompts, seconds=args.seconds, long_seconds=args.long_seconds,
+                              label=args.label or " ".join(args.overrides) or "default")
+    print(table)
+    return 0
+
+
 def cmd_generate(args) -> int:
     import yaml
 
@@ -148,12 +173,13 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     _generate_parser(sub)
     _eval_parser(sub)
+    _suite_parser(sub)
     args = ap.parse_args(argv)
     from .config import ConfigError
     from .timeline import TimelineError
 
     try:
-        return {"generate": cmd_generate, "eval": cmd_eval}[args.cmd](args)
+        return {"generate": cmd_generate, "eval": cmd_eval, "suite": cmd_suite}[args.cmd](args)
     except (ConfigError, TimelineError, FileNotFoundError) as e:
         print(f"streamgen: error: {e}", file=sys.stderr)
         return 2

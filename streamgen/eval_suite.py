@@ -57,3 +57,86 @@ def teacher_eval(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, cfg, *
         rows.append(evaluate_clip(frames, spec).row(prompt=caption))
     summary = mean_row(rows, model=f"teacher {steps} steps cfg {guidance}", split=split, captions=captions)
     return [summary], format_table([summary])
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming suite: one table for a pipeline (the student's targets and the ablations).
+# ---------------------------------------------------------------------------------------------
+
+SWITCH_KINDS = ("colour", "shape", "motion")
+
+
+def _switch_pair(spec: ClipSpec, kind: str, rng: np.random.Generator) -> ClipSpec:
+    """``spec`` with one attribute changed (colour never equal to the background)."""
+    from .toyworld.world import COLOURS, MOTIONS, SHAPES
+
+    if kind == "colour":
+        options = [c for c in COLOURS if c not in (spec.colour, spec.background)]
+        return spec.with_attributes(colour=options[int(rng.integers(len(options)))])
+    if kind == "shape":
+        options = [s for s in SHAPES if s != spec.shape]
+        return spec.with_attributes(shape=options[int(rng.integers(len(options)))])
+    options = [m for m in MOTIONS if m != spec.motion and m not in ("still", "pulsing")]
+    return spec.with_attributes(motion=options[int(rng.integers(len(options)))], speed=None)
+
+
+def _timed(pipe, target, frames: int, seed: int) -> tuple[np.ndarray, float]:
+    import time
+
+    t0 = time.perf_counter()
+    video = pipe.generate(target, num_frames=frames, seed=seed)
+    return video, len(video) / (time.perf_counter() - t0)
+
+
+def pipeline_suite(pipe, *, num_prompts: int = 8, seconds: float = 4.0, long_seconds: float = 0.0,
+                   seed: int = 1234, label: str = "") -> tuple[list[dict], str]:
+    """Stream a fixed set of prompts and timelines through ``pipe`` and score them with the detector.
+
+    Rows: canonical prompts, paraphrases, held-out combinations, one-attribute switches (median
+    switch response in frames, centroid jump at the switch in px) and, with ``long_seconds``, one
+    long stream (drift of the accuracies between the first 10 s and the last minute).
+    """
+    from .timeline import PromptEvent, Timeline
+
+    fps = pipe.config.video.fps
+    n = int(round(seconds * fps))
+    rng = np.random.default_rng(seed + 7)
+    rows = []
+    for split, captions in (("train", "canonical"), ("train", "paraphrase"), ("heldout", "canonical")):
+        clips, speeds = [], []
+        for i, spec in enumerate(suite_specs(num_prompts, split, seed)):
+            text = canonical_caption(spec) if captions == "canonical" else paraphrase(spec, rng)
+            video, speed = _timed(pipe, text, n, seed + i)
+            clips.append(evaluate_clip(video, spec, fps=fps).row())
+            speeds.append(speed)
+        rows.append({**mean_row(clips, run=label, set=f"{split}/{captions}"), "fps": float(np.median(speeds))})
+    # switches: one attribute changes half way; response and position continuity
+    clips, resp, jumps, speeds = [], [], [], []
+    for i, spec in enumerate(suite_specs(num_prompts, "train", seed + 1)):
+        kind = SWITCH_KINDS[i % len(SWITCH_KINDS)]
+        new = _switch_pair(spec, kind, rng)
+        at = n // 2
+        tl = Timeline((PromptEvent(0, canonical_caption(spec)), PromptEvent(at, canonical_caption(new))))
+        video, speed = _timed(pipe, tl, n, seed + 100 + i)
+        ev = evaluate_clip(video, [(0, spec.attributes), (at, new.attributes)], fps=fps)
+        clips.append(ev.row())
+        speeds.append(speed)
+        r = ev.switches[0].response_frames if ev.switches else None
+        resp.append(np.nan if r is None else r)
+        d = ev.detections
+        if np.isfinite(d.cx[at - 1 : at + 1]).all() and kind != "shape":
+            jumps.append(float(np.hypot(d.cx[at] - d.cx[at - 1], d.cy[at] - d.cy[at - 1])))
+    row = mean_row(clips, run=label, set="switch (1 attribute)")
+    row.update(fps=float(np.median(speeds)), switch_resp_median=float(np.nanmedian(resp)) if np.isfinite(resp).any() else None,
+               switch_missed=int(np.isnan(resp).sum()), switch_jump_px=float(np.median(jumps)) if jumps else None)
+    rows.append(row)
+    if long_seconds > 0:
+        spec = suite_specs(1, "train", seed + 2)[0]
+        video, speed = _timed(pipe, canonical_caption(spec), int(round(long_seconds * fps)), seed + 200)
+        ev = evaluate_clip(video, spec, fps=fps)
+        row = {**mean_row([ev.row()], run=label, set=f"long {long_seconds:.0f} s"), "fps": speed}
+        if ev.drift is not None:
+            for k in ("colour", "shape", "background", "motion", "presence"):
+                row[f"drift_{k}"] = getattr(ev.drift.last, k) - getattr(ev.drift.first, k)
+        rows.append(row)
+    return rows, format_table(rows)
