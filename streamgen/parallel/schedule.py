@@ -31,6 +31,22 @@ StreamDiffusionV2 keeps every stage busy by letting chunk ``k + 1`` start denois
 ``k`` is final (each step batch reads a cache written by noisy passes); that changes the video, so
 it is not done here.
 
+Rolling schedule (``sampler.schedule: rolling``, Rolling Forcing). Tick ``k`` of the stream is the pass
+list ``[COMMIT of chunk k - T | RECACHE refills if chunk k enters with a new prompt | STEP of every
+in-flight chunk, oldest to newest]``; in-flight chunk ``c`` is at step ``k - c`` (so every chunk passes
+``STEP 0 .. T-1`` once, in order, one per tick). The single process runs the STEP passes of a tick as
+one joint forward; here each is a micro-batch: on stage ``r`` chunk ``c``'s STEP reads the committed
+cache and this tick's K/V of the older in-flight chunks at stage ``r`` (dependency 2, stream order),
+and starts from its own previous step's sampler output (dependency 3). A pass waits for the one ``T``
+places before it in the stream (same position in the previous tick, shifted by one chunk), so in the
+steady state (unit ticks) a tick takes ``max(T, N) + 1`` ticks and each stage works ``T + 1``:
+
+    bubble = 1 - (T + 1) / (max(T, N) + 1)      speed-up = N (T + 1) / (max(T, N) + 1)  (= N for N <= T)
+
+Warm-up (the first ``T - 1`` ticks hold fewer chunks) and drain (the last ``T - 1`` ticks, then the
+last chunk's commit alone) add ``O(T N)`` ticks. The rolling video differs from the chunkwise one (it is
+the single-process rolling pipeline's video); the pipeline-parallel one equals it.
+
 Everything in this module is pure: ``Schedule.at(tick)`` gives the work of every rank at a tick,
 ``Schedule.program(rank)`` the order a rank executes (the runtime follows it and checks every message
 against it), ``io`` the messages a rank exchanges for a pass, ``simulate`` the same dependencies with
@@ -98,13 +114,35 @@ class StreamPlan:
     steps: int
     chunk_frames: int
     refills: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    rolling: bool = False  # the rolling schedule (see the module doc): passes grouped in ticks
 
     @classmethod
-    def build(cls, num_chunks: int, steps: int, cache_cfg: CacheConfig, recache_chunks=()) -> "StreamPlan":
+    def build(cls, num_chunks: int, steps: int, cache_cfg: CacheConfig, recache_chunks=(), rolling: bool = False) -> "StreamPlan":
+        """``recache_chunks``: chunks whose start (rolling: whose entering tick) re-caches the window."""
         if num_chunks < 0 or steps < 1:
             raise ValueError(f"need num_chunks >= 0 and steps >= 1, got {num_chunks}, {steps}")
-        refills = {c: kept_frames(cache_cfg, c) for c in sorted(set(recache_chunks)) if c < num_chunks}
-        return cls(num_chunks, steps, cache_cfg.chunk_frames, refills)
+        # rolling: when chunk c enters, chunks 0 .. c - T are committed
+        done = (lambda c: max(0, c - steps + 1)) if rolling else (lambda c: c)
+        refills = {c: kept_frames(cache_cfg, done(c)) for c in sorted(set(recache_chunks)) if c < num_chunks}
+        return cls(num_chunks, steps, cache_cfg.chunk_frames, refills, rolling)
+
+    def tick_passes(self) -> list[list[Work]]:
+        """Rolling schedule: the passes of every tick (``num_chunks + T`` ticks, the last one only
+        commits the last chunk), indexed in stream order."""
+        if not self.rolling:
+            raise ValueError("tick_passes is the rolling schedule's; the chunkwise one has chunk_passes")
+        n, T, C = self.num_chunks, self.steps, self.chunk_frames
+        out, i = [], 0
+        for k in range(n + T if n else 0):
+            tick = []
+            if 0 <= k - T < n:
+                tick.append((COMMIT, k - T, T, (k - T) * C))
+            if k < n:
+                tick += [(RECACHE, k, j, f) for j, f in enumerate(self.refills.get(k, ()))]
+            tick += [(STEP, c, k - c, c * C) for c in range(max(0, k - T + 1), min(k, n - 1) + 1)]
+            out.append([Work(i + j, *w) for j, w in enumerate(tick)])
+            i += len(tick)
+        return out
 
     def chunk_passes(self, chunk: int, start_index: int = 0) -> list[Work]:
         fs = chunk * self.chunk_frames
@@ -114,6 +152,10 @@ class StreamPlan:
         return [Work(start_index + i, w.kind, w.chunk, w.step, w.frame_start) for i, w in enumerate(out)]
 
     def passes(self) -> Iterator[Work]:
+        if self.rolling:
+            for tick in self.tick_passes():
+                yield from tick
+            return
         i = 0
         for c in range(self.num_chunks):
             ws = self.chunk_passes(c, i)
@@ -239,3 +281,17 @@ def steady_bubble(steps: int, world_size: int) -> float:
 def steady_speedup(steps: int, world_size: int) -> float:
     """Throughput over one rank (a tick is 1/N of the whole model)."""
     return world_size * (steps + 1) / steady_period(steps, world_size)
+
+
+def rolling_steady_period(steps: int, world_size: int) -> int:
+    """Rolling schedule: ticks per chunk once the stream runs (no prompt switch)."""
+    return max(steps, world_size) + 1
+
+
+def rolling_steady_bubble(steps: int, world_size: int) -> float:
+    return 1.0 - (steps + 1) / rolling_steady_period(steps, world_size)
+
+
+def rolling_steady_speedup(steps: int, world_size: int) -> float:
+    """Throughput over one rank (one rank: ``T + 1`` passes per chunk, as chunkwise)."""
+    return world_size * (steps + 1) / rolling_steady_period(steps, world_size)
