@@ -391,6 +391,21 @@ class JointCacheView:
             mask[rows, fly_base + lo - frame_start : fly_base + s + C - frame_start] = True
         self.frame_mask = mask
         self.mask = None if bool(mask.all()) else mask.repeat_interleave(t, 0).repeat_interleave(t, 1).to(dev)
+        self.chunk_copy, self.copy_base, self.ring_base, self.fly_base = chunk_copy, copy_base, ring_base, fly_base
+        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def chunk(self, j: int) -> "JointChunkView":
+        """The rows of in-flight chunk ``j`` as a separate forward (pipeline-parallel micro-batch): the same
+        keys, positions and visibility, with the in-flight K/V of chunks ``< j`` read from a per-layer
+        scratch that the micro-batches of chunks ``0 .. j - 1`` filled (run them first, in order)."""
+        return JointChunkView(self, j)
+
+    def scratch(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This tick's in-flight K/V of ``layer`` (cache-local index), ``[B, num_frames * tokens, H, D]``."""
+        if layer not in self._scratch:
+            shape = (like.shape[0], self.num_frames * self.cache.grid.tokens, *like.shape[2:])
+            self._scratch[layer] = (like.new_empty(shape), like.new_empty(shape))
+        return self._scratch[layer]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
         """Self-attention of all in-flight tokens. ``q, k, v``: ``[B, num_frames * T, H, D]`` without RoPE."""
@@ -405,6 +420,55 @@ class JointCacheView:
         qr = apply_rope(q, *self.query_rope)
         keys = torch.cat([apply_rope(past_k, *self.past_rope), apply_rope(k, *self.query_rope)], dim=1)
         values = torch.cat([past_v, v], dim=1)
+        return attention(qr, keys, values, self.mask, backend)
+
+
+class JointChunkView:
+    """One in-flight chunk's rows of a ``JointCacheView`` (see ``JointCacheView.chunk``). Keys:
+    ``[chunk j's sink copy | visible committed ring | in-flight frames of chunks 0 .. j]``, the frame mask's
+    rows of chunk ``j`` on those columns (the columns it drops are invisible to chunk ``j``: other chunks'
+    sink copies and newer in-flight chunks), the joint view's positions. Equals the joint forward's rows up
+    to rounding (masked keys dropped instead of masked)."""
+
+    write = False
+
+    def __init__(self, joint: JointCacheView, j: int):
+        if not 0 <= j < joint.num_chunks:
+            raise ValueError(f"chunk {j} of a joint window of {joint.num_chunks}")
+        cache, C, t = joint.cache, joint.cache.cfg.chunk_frames, joint.cache.grid.tokens
+        self.joint, self.j, self.cache = joint, j, cache
+        cj = joint.chunk_copy[j]
+        self.copy_frames = joint.sink_copies[cj]
+        if self.copy_frames - joint.sink_committed > j * C:
+            raise AssertionError("a chunk's in-flight sink frames are older in-flight chunks")  # sink frames < s_j
+        past = list(range(joint.copy_base[cj], joint.copy_base[cj] + self.copy_frames)) + list(range(joint.ring_base, joint.fly_base))
+        cols = past + list(range(joint.fly_base, joint.fly_base + (j + 1) * C))
+        fm = joint.frame_mask[j * C : (j + 1) * C][:, cols]
+        dev = cache.k.device
+        self.mask = None if bool(fm.all()) else fm.repeat_interleave(t, 0).repeat_interleave(t, 1).to(dev)
+        g, hd, th = cache.grid, cache.head_dim, cache.rope_theta
+        kp, qp = joint.key_positions, joint.query_positions
+        self.past_rope = rope_cos_sin(rope_angles([kp[i] for i in past], g.height, g.width, hd, th), torch.float32, dev)
+        self.fly_rope = rope_cos_sin(rope_angles(qp[: (j + 1) * C], g.height, g.width, hd, th), torch.float32, dev)
+        self.query_rope = tuple(x[:, j * C * t :] for x in self.fly_rope)
+        self.frame_start, self.num_frames = joint.frame_start + j * C, C
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+        """Self-attention of chunk ``j``'s tokens; stores its K/V in the tick's scratch for newer chunks."""
+        jv, c, t, sc = self.joint, self.cache, self.cache.grid.tokens, self.joint.sink_committed
+        layer -= c.first_layer
+        C = c.cfg.chunk_frames
+        sk, sv = jv.scratch(layer, k)
+        lo, hi = self.j * C * t, (self.j + 1) * C * t
+        sk[:, lo:hi] = k.detach()
+        sv[:, lo:hi] = v.detach()
+        fly_k, fly_v = torch.cat([sk[:, :lo], k], dim=1), torch.cat([sv[:, :lo], v], dim=1)  # own K/V as given
+        n_fly_sink = (self.copy_frames - sc) * t
+        past_k = torch.cat([c.sink_k[layer, :, : sc * t], fly_k[:, :n_fly_sink], c.k[layer][:, jv.ring_index]], dim=1)
+        past_v = torch.cat([c.sink_v[layer, :, : sc * t], fly_v[:, :n_fly_sink], c.v[layer][:, jv.ring_index]], dim=1)
+        qr = apply_rope(q, *self.query_rope)
+        keys = torch.cat([apply_rope(past_k, *self.past_rope), apply_rope(fly_k, *self.fly_rope)], dim=1)
+        values = torch.cat([past_v, fly_v], dim=1)
         return attention(qr, keys, values, self.mask, backend)
 
 

@@ -201,3 +201,32 @@ def test_rolling_stream_equals_hand_written_full_sequence_loop(make_pipe, overri
                 done.append(fly.pop(0)[1])
     for i, (g, r) in enumerate(zip(got, done)):
         assert rel_err(g, r) <= 1e-4, (i, rel_err(g, r))
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["cache.position_policy=absolute"],
+    ["cache.window_frames=4", "cache.sink_frames=2", "cache.sink_policy=deep"],
+    ["cache.sink_frames=0", "cache.sink_policy=none", "cache.position_policy=absolute", "cache.window_frames=-1"],
+])
+def test_joint_forward_by_chunk_micro_batches(make_pipe, monkeypatch, overrides):
+    """The pipeline-parallel form of a tick: one forward per in-flight chunk (oldest first, one sigma each)
+    through ``JointCacheView.chunk(j)`` equals the joint forward's rows of that chunk."""
+    pipe = make_pipe("sampler.schedule=rolling", *overrides)
+    model, C = pipe.model, pipe.chunk_frames
+    checked, real = [], model.forward
+
+    def spy(x, t, ctx, attn=None):
+        out = real(x, t, ctx, attn)
+        if isinstance(attn, JointCacheView):
+            fresh = attn.cache.joint_view(attn.frame_start, attn.num_chunks)
+            for j in range(attn.num_chunks):
+                rows = slice(j * C, (j + 1) * C)
+                got = real(x[:, :, rows], t[:, rows], ctx, fresh.chunk(j))
+                assert rel_err(got, out[:, :, rows]) <= 1e-5, (attn.frame_start, j, rel_err(got, out[:, :, rows]))
+            checked.append(attn.num_chunks)
+        return out
+
+    monkeypatch.setattr(model, "forward", spy)
+    lat(pipe, A, 33, seed=1)
+    assert max(checked) == len(pipe.sigmas) and min(checked) == 1
