@@ -76,3 +76,24 @@ def test_two_process_training_smoke(setup):
     assert "2 process(es)" in r.stdout
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+
+
+def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
+    run_dir = setup / "export"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    subprocess.run(cmd(setup, run_dir, 2), env=ENV, check=True, capture_output=True, timeout=300)
+    cfg = setup / "tiny_2.yaml"
+    out = tmp_path / "teacher"
+    r = subprocess.run([sys.executable, str(ROOT / "train" / "export_teacher.py"), "--config", str(cfg), "--out", str(out),
+                        "--prompts", "1", "--steps", "2", f"train.run_dir={run_dir}", f"vae_path={setup / 'vae'}"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = (out / "README.md").read_text()
+    assert "2 steps of batch 2" in card and "heldout" in card and "paraphrase" in card
+    from safetensors.torch import load_file
+
+    from streamgen.config import TeacherRunConfig, load_config
+    from streamgen.model import CausalWanModel
+
+    c = load_config([out / "config.yaml"], schema=TeacherRunConfig)
+    CausalWanModel(c.model).load_state_dict(load_file(str(out / "transformer.safetensors")), strict=True)
