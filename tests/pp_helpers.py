@@ -39,9 +39,10 @@ def pca_vae(z_dim: int = 4, seed: int = 0) -> PCAVideoVAE:
 
 
 def tiny_pp_pipeline(seed: int = 0, mode: str = "recache", context_timestep: float = 0.0, cache: CacheConfig = PP_CACHE,
-                     steps=(1000, 750, 500, 250)) -> StreamingPipeline:
+                     steps=(1000, 750, 500, 250), schedule: str = "chunkwise") -> StreamingPipeline:
     cfg = StreamGenConfig(model=PP_MODEL, cache=cache,
-                          sampler=SamplerConfig(denoising_steps=list(steps), shift=5.0, context_timestep=context_timestep),
+                          sampler=SamplerConfig(denoising_steps=list(steps), shift=5.0, context_timestep=context_timestep,
+                                                schedule=schedule),
                           switch=SwitchConfig(mode=mode, blend_chunks=2), video=VideoConfig(height=32, width=32, fps=8))
     cfg.validate()
     model = randomize_(CausalWanModel(PP_MODEL), std=0.2, seed=seed).eval()

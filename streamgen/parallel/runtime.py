@@ -16,6 +16,14 @@ with a ``predict`` that returns the flow the ranks computed), sends the next inp
 after the last step, decodes and writes the chunk. Prompt switches follow the single-process logic
 (``StreamingPipeline._apply_switch`` / ``_chunk_context`` on rank 0); a re-cache runs
 ``rollout.recache`` on every rank over its own blocks. The video equals the single-process one.
+
+``sampler.schedule: rolling``: the ranks walk the ticks of ``StreamPlan.tick_passes`` (commit of the
+chunk that finished last tick, re-cache refills when the entering chunk switches the prompt, then the
+in-flight chunks oldest to newest as micro-batches, each at its own sigma). At a tick's first STEP every
+rank builds the tick's ``JointCacheView`` on its cache and runs each chunk through ``.chunk(j)`` (the
+joint plan's rows of chunk ``j``, older in-flight chunks' K/V from the tick's scratch at this stage); the
+last rank runs ``chunk_step`` per chunk as ``rollout.rolling_tick`` does. Switch rule, contexts and
+commits follow ``StreamingPipeline._tick``. The video equals the single-process rolling one.
 """
 from __future__ import annotations
 
@@ -70,9 +78,6 @@ class PPResult:
 def plan_stream(pipe: StreamingPipeline, timeline: Timeline, total_frames: int) -> StreamPlan:
     """The pass sequence ``pipe.stream(timeline, num_frames=total_frames)`` runs (same chunk count,
     re-cache before the chunks where a switch changes the prompt in ``recache`` mode)."""
-    if pipe.config.sampler.schedule != "chunkwise":
-        raise NotImplementedError("the pipeline-parallel runtime runs sampler.schedule 'chunkwise' only; "
-                                  "'rolling' runs in the single-process StreamingPipeline")
     n = pipe.chunks_for(total_frames) if total_frames > 0 else 0
     rc = []
     if pipe.config.switch.mode == "recache":
@@ -82,7 +87,7 @@ def plan_stream(pipe: StreamingPipeline, timeline: Timeline, total_frames: int) 
                 if switches[c] != prompt:
                     rc.append(c)
                 prompt = switches[c]
-    return StreamPlan.build(n, len(pipe.sigmas), pipe.config.cache, rc)
+    return StreamPlan.build(n, len(pipe.sigmas), pipe.config.cache, rc, rolling=pipe.config.sampler.schedule == "rolling")
 
 
 def strip_to_stage(pipe: StreamingPipeline, layers: range, first: bool, last: bool) -> None:
@@ -146,7 +151,8 @@ class _Rank:
         self.hdr = torch.empty(HEADER, device=self.dev, dtype=torch.float64)
         self.ctx, self.ctx_id, self.ctx_sent = ctx, 0, None
         self.local_ring: deque = deque()  # one rank: the sampler output goes straight back
-        self.x: torch.Tensor | None = None  # last rank: current latents of the chunk in flight
+        self.xs: dict[int, torch.Tensor] = {}  # last rank: current latents of the chunks in flight
+        self.joint = None  # rolling: this tick's JointCacheView on this rank's cache
         self.x0: torch.Tensor | None = None  # rank 0: clean latents of the chunk being committed
         self.writer = VideoWriter(out_path, cfg.video.fps) if (self.last and out_path is not None) else None
         self.made, self.busy, self.wait, self.passes = 0, 0.0, 0.0, 0
@@ -159,26 +165,16 @@ class _Rank:
     def run(self) -> None:
         pipe, plan = self.pipe, self.plan
         self.t0 = time.perf_counter()
+        if plan.rolling:
+            return self._run_rolling()
         for c in range(plan.num_chunks):
             if c in self.rebalance:
                 self._rebalance(c, self.rebalance[c])
             st = pipe.state
             if self.first:  # StreamingPipeline.stream / next_chunk, with the re-cache run as passes below
-                if c in self.switches and st.pending_prompt is None:
-                    st.pending_prompt = self.switches[c]
-                will_recache = False
-                if st.pending_prompt is not None:
-                    prompt, st.pending_prompt = st.pending_prompt, None
-                    will_recache = pipe._apply_switch(prompt, recache=False)
-                if will_recache != (c in plan.refills):
-                    raise RuntimeError(f"rank 0: the prompt logic {'re-caches' if will_recache else 'does not re-cache'} "
-                                       f"before chunk {c}, the plan disagrees")
+                self._switch(c)
             if c in plan.refills:
-                if self.first:
-                    sink, recent = st.sink_chunks, st.recent_chunks
-                else:  # placeholders: the kept latents live on rank 0, the other ranks get hidden states
-                    sink, recent = [], deque((f, None) for f in plan.refills[c])
-                recache(self.cache, sink, recent, lambda lat, fs: self._pass(self._next(RECACHE, c, fs), lat))
+                self._refill(c)
             if self.first:
                 self.ctx = pipe._chunk_context()
             for s in range(self.T):
@@ -186,6 +182,55 @@ class _Rank:
             self._pass(self._next(COMMIT, c, self.T))
             if self.first:
                 remember_chunk(self.cache, st.sink_chunks, st.recent_chunks, c * self.C, self.x0)
+        if next(self.program, None) is not None:
+            raise RuntimeError(f"rank {self.rank}: passes left in the schedule after the stream ended")
+
+    def _switch(self, c: int) -> None:
+        """Rank 0: the prompt logic before chunk ``c`` (rolling: when ``c`` enters), re-cache left to the passes."""
+        pipe, st, plan = self.pipe, self.pipe.state, self.plan
+        if c in self.switches and st.pending_prompt is None:
+            st.pending_prompt = self.switches[c]
+        will_recache = False
+        if st.pending_prompt is not None:
+            prompt, st.pending_prompt = st.pending_prompt, None
+            will_recache = pipe._apply_switch(prompt, recache=False)
+        if will_recache != (c in plan.refills):
+            raise RuntimeError(f"rank 0: the prompt logic {'re-caches' if will_recache else 'does not re-cache'} "
+                               f"before chunk {c}, the plan disagrees")
+
+    def _refill(self, c: int) -> None:
+        st = self.pipe.state
+        if self.first:
+            sink, recent = st.sink_chunks, st.recent_chunks
+        else:  # placeholders: the kept latents live on rank 0, the other ranks get hidden states
+            sink, recent = [], deque((f, None) for f in self.plan.refills[c])
+        recache(self.cache, sink, recent, lambda lat, fs: self._pass(self._next(RECACHE, c, fs), lat))
+
+    def _run_rolling(self) -> None:
+        """The rolling schedule (``StreamingPipeline._tick``), one tick of ``plan.tick_passes()`` at a time."""
+        pipe, plan, C = self.pipe, self.plan, self.C
+        st = pipe.state
+        for k, tick in enumerate(plan.tick_passes()):
+            if k in self.rebalance:  # keyed by the entering chunk (= tick); nothing in flight lives in the cache
+                self._rebalance(k, self.rebalance[k])
+            for w in tick:
+                if w.kind == COMMIT:  # the chunk that finished last tick, under last tick's context
+                    self._pass(self._next(COMMIT, w.chunk, self.T))
+                    if self.first:
+                        remember_chunk(self.cache, st.sink_chunks, st.recent_chunks, w.chunk * C, self.x0)
+            if k < plan.num_chunks:
+                if self.first:
+                    self._switch(k)
+                if k in plan.refills:
+                    self._refill(k)
+                if self.first:
+                    self.ctx = pipe._chunk_context()  # the tick's context (drain ticks keep the last one)
+            fly = [w for w in tick if w.kind == STEP]
+            if fly:
+                self.joint = self.cache.joint_view(fly[0].frame_start, len(fly))
+                for w in fly:
+                    self._pass(self._next(STEP, w.chunk, w.step))
+                self.joint = None
         if next(self.program, None) is not None:
             raise RuntimeError(f"rank {self.rank}: passes left in the schedule after the stream ended")
 
@@ -228,7 +273,10 @@ class _Rank:
         if self.first:
             self.timed["embed"] += self._clock() - t_start - (self.wait - wait0)
         t_blocks = self._clock()
-        view = self.cache.view(w.frame_start, self.C, write=w.writes)
+        if self.joint is not None and w.kind == STEP:  # rolling: this chunk's rows of the tick's joint plan
+            view = self.joint.chunk((w.frame_start - self.joint.frame_start) // self.C)
+        else:
+            view = self.cache.view(w.frame_start, self.C, write=w.writes)
         state = m.run_blocks(state, ctx, view, self.layers)
         if w.writes:
             self.cache.commit(view)
@@ -267,10 +315,8 @@ class _Rank:
     def _sample(self, w: Work, state: TokenState, t: torch.Tensor) -> None:
         """Last rank: head, sampler step, latents back to rank 0; decode after the last step."""
         pipe, c, s = self.pipe, w.chunk, w.step
-        if s == 0:
-            self.x = pipe._step_noise(c, 0)
+        x_in = pipe._step_noise(c, 0) if s == 0 else self.xs.pop(c)
         flow = self.model.head(state, (1, self.model.config.out_channels, *self.shape[2:]))
-        x_in = self.x
 
         def predict(x, t_sampler):
             if x is not x_in or not torch.equal(t_sampler, t):
@@ -285,8 +331,9 @@ class _Rank:
             self.local_ring.append((w, out))
         else:
             self.tr.send(0, RING, [self._header(w, self.ctx_id, float(t), 0), out])
-        self.x = x_next
-        if final:
+        if not final:
+            self.xs[c] = x_next
+        else:
             self._emit(c, x0)
 
     def _emit(self, c: int, x0: torch.Tensor) -> None:
