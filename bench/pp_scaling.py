@@ -1,6 +1,6 @@
 """Pipeline-parallel scaling of one stream: measured on this machine for 1 and 2 ranks, predicted for N.
 
-    python bench/pp_scaling.py [--chunks 10] [--layers 8] [--threads 1]
+    python bench/pp_scaling.py [--chunks 10] [--layers 8] [--threads 1] [--schedule rolling]
     python bench/pp_scaling.py --device cuda --predict-only --save-costs gpu_costs.json   # on a GPU box
     python bench/pp_scaling.py --costs gpu_costs.json --predict-only --max-ranks 8
 
@@ -12,7 +12,10 @@ measured on one device (``partition.measure_costs``) and hop / ring transfer tim
 gloo ping-pong; ``--costs`` swaps in costs saved on another device to predict N-GPU scaling.
 
 The schedule is exact (the video equals the single-process one), so one stream scales at most by
-``(T + 1) / (T + 1/N)`` with T denoising steps: see ``streamgen/parallel/schedule.py``.
+``(T + 1) / (T + 1/N)`` with T denoising steps: see ``streamgen/parallel/schedule.py``. With
+``--schedule rolling`` (Rolling Forcing joint window; equal to the single-process rolling pipeline) each
+tick's in-flight chunks flow through the ranks as micro-batches: the bound is ``N (T + 1) / (max(T, N) + 1)``
+(= N for N <= T).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from streamgen.config import CacheConfig, ModelConfig, SamplerConfig, StreamGenC
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.parallel.partition import Costs, balance, even, measure_costs, predict  # noqa: E402
 from streamgen.parallel.runtime import launch_local, run_pipeline_parallel  # noqa: E402
-from streamgen.parallel.schedule import steady_bubble, steady_speedup  # noqa: E402
+from streamgen.parallel.schedule import rolling_steady_bubble, rolling_steady_speedup, steady_bubble, steady_speedup  # noqa: E402
 from streamgen.pipeline import StreamingPipeline  # noqa: E402
 from streamgen.vae import PCAVideoVAE  # noqa: E402
 
@@ -53,7 +56,7 @@ class SeededText:
                             for p in prompts])
 
 
-def make_pipe(layers: int, device: str = "cpu") -> StreamingPipeline:
+def make_pipe(layers: int, device: str = "cpu", schedule: str = "chunkwise") -> StreamingPipeline:
     """A toy-world-sized DiT (dim 384, 6 heads, 64 tokens per latent frame) with random weights and a
     random orthonormal PCA VAE: the costs are those of real blocks, the pixels do not matter."""
     torch.manual_seed(0)
@@ -61,7 +64,7 @@ def make_pipe(layers: int, device: str = "cpu") -> StreamingPipeline:
                        freq_dim=256, ffn_dim=1536, num_layers=layers)
     cfg = StreamGenConfig(model=mcfg, cache=CacheConfig(chunk_frames=3, window_frames=12, sink_frames=3, sink_policy="anchor",
                                                         position_policy="rebased"),
-                          sampler=SamplerConfig(denoising_steps=[1000, 750, 500, 250]), video=VideoConfig(128, 128, 16))
+                          sampler=SamplerConfig(denoising_steps=[1000, 750, 500, 250], schedule=schedule), video=VideoConfig(128, 128, 16))
     model = CausalWanModel(mcfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -77,7 +80,7 @@ def make_pipe(layers: int, device: str = "cpu") -> StreamingPipeline:
 
 def single_process(args, frames: int) -> dict:
     torch.set_num_threads(args.threads)
-    pipe = make_pipe(args.layers)
+    pipe = make_pipe(args.layers, schedule=args.schedule)
     list(pipe.stream(PROMPT, num_frames=pipe.chunk_pixel_frames(0), seed=1))  # warm-up chunk
     t0 = time.perf_counter()
     times, made = [], 0
@@ -89,9 +92,9 @@ def single_process(args, frames: int) -> dict:
                 ttff_s=times[0][0], bubble=0.0)
 
 
-def _pp_rank(rank, world, layers, frames, out_dir):
+def _pp_rank(rank, world, layers, frames, out_dir, schedule="chunkwise"):
     def factory():
-        return make_pipe(layers)
+        return make_pipe(layers, schedule=schedule)
 
     # warm-up run (allocator, first-call costs), then the measured one
     run_pipeline_parallel(factory, PROMPT, num_frames=9, seed=1, partition="even")  # 9 pixel frames: one chunk
@@ -100,7 +103,7 @@ def _pp_rank(rank, world, layers, frames, out_dir):
 
 
 def pipeline_parallel(args, world: int, frames: int) -> dict:
-    res = launch_local(world, _pp_rank, (args.layers, frames, args.out_dir), threads=args.threads, timeout=1800)
+    res = launch_local(world, _pp_rank, (args.layers, frames, args.out_dir, args.schedule), threads=args.threads, timeout=1800)
     bad = [(r, s, v) for r, (s, v) in enumerate(res) if s != "ok"]
     if bad:
         raise RuntimeError(f"pipeline-parallel run failed: {bad}")
@@ -148,15 +151,20 @@ def main() -> None:
     ap.add_argument("--save-costs", help="write the measured Costs here")
     ap.add_argument("--max-ranks", type=int, default=None)
     ap.add_argument("--out-dir", default=None, help="also write the pipeline-parallel videos here")
+    ap.add_argument("--schedule", choices=("chunkwise", "rolling"), default="chunkwise",
+                    help="sampler.schedule of the stream (rolling: joint-window micro-batches over the ranks)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     load = os.getloadavg()[0]
-    print(f"host: {os.cpu_count()} CPUs, load average {load:.2f}; torch {torch.__version__}; {args.threads} thread(s) per rank")
+    print(f"host: {os.cpu_count()} CPUs, load average {load:.2f}; torch {torch.__version__}; {args.threads} thread(s) per rank; "
+          f"schedule {args.schedule}")
     if load > 0.5:
         print(f"WARNING: the machine is not idle (load {load:.2f}): measured times include other jobs' interference")
 
-    pipe = make_pipe(args.layers, args.device)
+    rolling = args.schedule == "rolling"
+    bound_speedup, bound_bubble = (rolling_steady_speedup, rolling_steady_bubble) if rolling else (steady_speedup, steady_bubble)
+    pipe = make_pipe(args.layers, args.device, args.schedule)
     steps = len(pipe.sigmas)
     frames = pipe.chunk_pixel_frames(0) + (args.chunks - 1) * pipe.chunk_pixel_frames(1)
     if args.costs:
@@ -184,19 +192,19 @@ def main() -> None:
         base = rows[0]["steady_fps"]
         for r in rows:
             r["speedup"] = r["steady_fps"] / base
-        print(f"\nmeasured ({args.chunks} chunks, {frames} frames):")
+        print(f"\nmeasured ({args.chunks} chunks, {frames} frames; load average now {os.getloadavg()[0]:.2f}):")
         print(table(rows))
         for world, r in measured.items():
             print(f"  {world} rank(s): partition {r['partition']}, busy/wait s per rank "
                   f"{[(round(s['busy_s'], 2), round(s['wait_s'], 2)) for s in r['stats']]}")
 
     print("\npredicted from the measured costs (schedule.simulate):")
-    one = predict(costs, even(blocks, 1), steps)
+    one = predict(costs, even(blocks, 1), steps, rolling=rolling)
     rows = []
     for n in range(1, min(args.max_ranks or blocks, blocks) + 1):
-        p = predict(costs, balance(costs, n, steps), steps)
+        p = predict(costs, balance(costs, n, steps), steps, rolling=rolling)
         row = dict(ranks=n, partition=str([b - a for a, b in p.partition]), fps=p.fps, speedup=p.fps / one.fps,
-                   ttff_s=p.ttff, bubble=p.bubble, bound_speedup=steady_speedup(steps, n), bound_bubble=steady_bubble(steps, n))
+                   ttff_s=p.ttff, bubble=p.bubble, bound_speedup=bound_speedup(steps, n), bound_bubble=bound_bubble(steps, n))
         if n in measured:
             row["measured_speedup"] = measured[n]["steady_fps"] / measured[1]["steady_fps"]
             row["measured_bubble"] = measured[n]["bubble"]
@@ -204,8 +212,12 @@ def main() -> None:
             row["measured_speedup"] = row["measured_bubble"] = "-"
         rows.append(row)
     print(table(rows))
-    print(f"bound: one exact stream cannot exceed (T+1)/T = {(steps + 1) / steps:.2f}x at any rank count "
-          f"(chunk k+1 needs chunk k's committed K/V; each step needs the previous one's sampler output)")
+    if rolling:
+        print(f"bound (rolling): N (T+1) / (max(T, N) + 1): {bound_speedup(steps, 2):.2f}x on 2 ranks, N x up to N = T = {steps} "
+              f"(a micro-batch needs the same chunk's previous step, T passes earlier in the stream)")
+    else:
+        print(f"bound: one exact stream cannot exceed (T+1)/T = {(steps + 1) / steps:.2f}x at any rank count "
+              f"(chunk k+1 needs chunk k's committed K/V; each step needs the previous one's sampler output)")
 
 
 if __name__ == "__main__":

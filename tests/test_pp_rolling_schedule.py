@@ -67,3 +67,14 @@ def test_rolling_steady_period_and_bubble(n, steps):
 
 def test_rolling_bound_numbers_for_four_steps():
     assert [round(rolling_steady_speedup(4, n), 3) for n in (1, 2, 3, 4, 5, 8)] == [1.0, 2.0, 3.0, 4.0, 4.167, 4.444]
+
+
+def test_rolling_prediction_from_costs():
+    from streamgen.parallel.partition import Costs, even, predict
+
+    costs = Costs([1.0] * 8)
+    one = predict(costs, even(8, 1), 4, rolling=True)
+    for n in (2, 4):
+        p = predict(costs, even(8, n), 4, rolling=True)
+        assert abs(p.fps / one.fps - n) < 1e-9 and abs(p.bubble) < 1e-9
+    assert predict(costs, even(8, 2), 4).fps / predict(costs, even(8, 1), 4).fps < 1.12  # chunkwise bound

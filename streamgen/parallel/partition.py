@@ -116,11 +116,11 @@ class Prediction:
     loads: list[float] = field(default_factory=list)  # busy seconds per chunk per rank
 
 
-def predict(costs: Costs, partition: list[range], steps: int, chunks: int = 24) -> Prediction:
+def predict(costs: Costs, partition: list[range], steps: int, chunks: int = 24, rolling: bool = False) -> Prediction:
     """Throughput, time to first frame and bubble of a stream on ``len(partition)`` ranks (the schedule's
-    dependencies with ``costs``; no prompt switches)."""
+    dependencies with ``costs``; no prompt switches; ``rolling``: the rolling schedule's pass order)."""
     n = len(partition)
-    plan = StreamPlan(chunks, steps, 1)
+    plan = StreamPlan(chunks, steps, 1, rolling=rolling)
     passes = list(plan.passes())
     blocks = [sum(costs.block[i] for i in p) for p in partition]
 
