@@ -83,12 +83,18 @@ class Run:
         if ckpt is None:
             return False
         state = load_checkpoint(ckpt, self.modules)
+        fresh = [n for n in self.optimizers if f"optim_{n}" not in state]
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state[f"optim_{name}"])
+            if name not in fresh:
+                opt.load_state_dict(state[f"optim_{name}"])
         for name, sch in self.schedulers.items():
-            sch.load_state_dict(state[f"sched_{name}"])
+            if f"sched_{name}" in state:
+                sch.load_state_dict(state[f"sched_{name}"])
         self.step = int(state["step"])
-        self.log_line({"event": "resumed", "from": str(ckpt), "step": self.step})
+        if fresh and self.is_main:  # a weights-only snapshot (train/snapshot.py): Adam restarts, LR re-warms
+            print(f"{ckpt} holds no optimizer state for {fresh}: continuing from the weights with fresh optimizer "
+                  "moments (not bit-exact)", flush=True)
+        self.log_line({"event": "resumed", "from": str(ckpt), "step": self.step, "fresh_optimizers": fresh})
         return True
 
     def save(self) -> None:

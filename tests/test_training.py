@@ -97,3 +97,16 @@ def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
 
     c = load_config([out / "config.yaml"], schema=TeacherRunConfig)
     CausalWanModel(c.model).load_state_dict(load_file(str(out / "transformer.safetensors")), strict=True)
+
+
+def test_weights_only_snapshot_restores_and_training_continues(setup, tmp_path):
+    run_dir = setup / "snap_src"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    subprocess.run(cmd(setup, run_dir, 4), env=ENV, check=True, capture_output=True, timeout=300)
+    snap, resumed = tmp_path / "snap", tmp_path / "resumed"
+    for args in (("save", run_dir, snap), ("restore", snap, resumed)):
+        subprocess.run([sys.executable, str(ROOT / "train" / "snapshot.py"), *map(str, args)], env=ENV, check=True, timeout=120)
+    assert not any("optim" in k for k in __import__("torch").load(snap / "step_0000004" / "state.pt", weights_only=True))
+    r = subprocess.run(cmd(setup, resumed, 6), env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "fresh optimizer" in r.stdout, r.stderr[-2000:]
+    assert sorted(losses(resumed)) == [5, 6]  # continued from step 4
