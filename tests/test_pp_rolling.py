@@ -73,3 +73,11 @@ def test_rolling_gloo_processes_equal_single_process(ref, n):
     last = res[-1][1]
     _assert_equal(last, *ref)
     assert last.frames == NUM_FRAMES and 0.0 <= last.bubble < 1.0
+
+
+def test_rolling_rebalance_at_a_tick_keeps_the_video(ref):
+    res = run_threads(rolling_pipe, two_switches(), 3, num_frames=NUM_FRAMES, seed=SEED, keep_outputs=True,
+                      partition=[2, 2, 2], rebalance={2: [1, 4, 1], 6: [3, 1, 2]})
+    assert all(not isinstance(r, BaseException) for r in res), res
+    assert res[-1].rebalances == [(2, [(0, 1), (1, 5), (5, 6)]), (6, [(0, 3), (3, 4), (4, 6)])]
+    _assert_equal(res[-1], *ref)

@@ -416,7 +416,9 @@ class _Rank:
         # cross-attention K/V for the blocks now held
         st = self.pipe.state
         if self.first:
-            st.context = m.context_from_tokens(st.context.tokens)  # a new object: sent as a new context
+            old, st.context = st.context, m.context_from_tokens(st.context.tokens)  # a new object: sent as a new context
+            if self.ctx is not None:  # rolling: the context of the tick being committed lives across the move
+                self.ctx = st.context if self.ctx is old else m.context_from_tokens(self.ctx.tokens)
         elif self.ctx is not None:
             self.ctx = m.context_from_tokens(self.ctx.tokens)
 
