@@ -212,6 +212,17 @@ class RollingKVCache:
     def _slot(self, frame: int) -> int:
         return (frame - self.cfg.sink_frames) % self.ring_frames
 
+    def visible_ring(self, lo: int, hi: int) -> tuple[torch.Tensor | slice, list[int]]:
+        """Token index into the ring of the slots holding frames in ``[lo, hi)`` (in slot order: attention
+        does not care about order), and those frames. A slice when they are a prefix (no gather)."""
+        slots = [i for i, f in enumerate(self.state.slot_frame) if lo <= f < hi]
+        frames = [self.state.slot_frame[i] for i in slots]
+        t = self.grid.tokens
+        if slots == list(range(len(slots))):
+            return slice(0, len(slots) * t), frames
+        tok = torch.tensor(slots)[:, None] * t + torch.arange(t)[None, :]
+        return tok.reshape(-1).to(self.k.device), frames
+
     def view(self, frame_start: int | None = None, num_frames: int | None = None, write: bool = False) -> "CacheView":
         """Attention for one chunk (read the past; with ``write``, store this chunk's K/V)."""
         c = self.cfg
@@ -251,14 +262,7 @@ class CacheView:
             )
         self.sink_tokens = s_valid * t
         # Ring slots whose frame is visible, in slot order (attention does not care about order).
-        slots = [i for i, f in enumerate(cache.state.slot_frame) if ws <= f < frame_start]
-        frames = [cache.state.slot_frame[i] for i in slots]
-        self.ring_index: torch.Tensor | slice
-        if slots == list(range(len(slots))):
-            self.ring_index = slice(0, len(slots) * t)
-        else:
-            tok = torch.tensor(slots)[:, None] * t + torch.arange(t)[None, :]
-            self.ring_index = tok.reshape(-1).to(cache.k.device)
+        self.ring_index, frames = cache.visible_ring(ws, frame_start)
         # Rotation angles of every key (sink, ring, current chunk) and of the queries.
         g, hd, th = cache.grid, cache.head_dim, cache.rope_theta
         query_frames = list(range(frame_start, frame_start + num_frames))
@@ -360,14 +364,7 @@ class JointCacheView:
             chunk_copy.append(copies.setdefault(pos, len(copies)))
         self.sink_copies = [len(p) for p in copies]  # frames per copy: committed first, then in flight
         # Committed ring frames visible to some chunk: [window_start(oldest), frame_start).
-        slots = [i for i, f in enumerate(cache.state.slot_frame) if ws[0] <= f < frame_start]
-        frames = [cache.state.slot_frame[i] for i in slots]
-        self.ring_index: torch.Tensor | slice
-        if slots == list(range(len(slots))):
-            self.ring_index = slice(0, len(slots) * t)
-        else:
-            tok = torch.tensor(slots)[:, None] * t + torch.arange(t)[None, :]
-            self.ring_index = tok.reshape(-1).to(cache.k.device)
+        self.ring_index, frames = cache.visible_ring(ws[0], frame_start)
         q_frames = list(range(frame_start, starts[-1] + C))
         key_pos = [p for pos in copies for p in pos] + [f - off0 for f in frames]
         q_pos = [f - off0 for f in q_frames]
