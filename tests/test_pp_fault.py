@@ -18,7 +18,7 @@ FAULT_CHUNK = 2  # after this chunk's commit pass; chunks 0-2 are 5 + 8 + 8 pixe
 FRAMES_BEFORE = 21
 
 
-def _rank(rank, world, out, victim, how, marker):
+def _rank(rank, world, out, victim, how, marker, schedule="chunkwise"):
     def on_work(r, w):
         if r == victim and w.kind == COMMIT and w.chunk == FAULT_CHUNK:
             Path(marker).write_text(repr(time.time()))
@@ -30,8 +30,8 @@ def _rank(rank, world, out, victim, how, marker):
                 raise ValueError("injected failure")
 
     try:
-        run_pipeline_parallel(tiny_pp_pipeline, switch_timeline(), num_frames=NUM_FRAMES, seed=3, out_path=out,
-                              timeout=TIMEOUT, on_work=on_work)
+        run_pipeline_parallel(lambda: tiny_pp_pipeline(schedule=schedule), switch_timeline(), num_frames=NUM_FRAMES,
+                              seed=3, out_path=out, timeout=TIMEOUT, on_work=on_work)
     except PeerFailure:
         Path(f"{marker}.{rank}").write_text(repr(time.time()))
         raise  # an error result makes the launcher stop the (hung) victim after its grace period
@@ -83,3 +83,18 @@ def test_a_rank_that_loads_slowly_is_not_a_failure():
     """A rank still building its pipeline has no heartbeat yet: the others wait for it (up to the timeout)."""
     res = launch_local(2, _slow_loader_rank, timeout=60)
     assert res == [("ok", 0), ("ok", 13)], res
+
+
+def test_fault_under_the_rolling_schedule(tmp_path):
+    """The same guarantees when ranks stream micro-batches of the rolling schedule: a killed middle rank
+    is named by the others within the timeout and the mp4 written so far is readable."""
+    out, marker = tmp_path / "v.mp4", tmp_path / "fault_time"
+    res = launch_local(3, _rank, (str(out), 1, "kill", str(marker), "rolling"), timeout=60, grace=1.0)
+    fault_time = float(marker.read_text())
+    assert res[1][0] == "died"
+    for r in (0, 2):
+        status, value = res[r]
+        assert status == "error" and value[0] == "PeerFailure" and value[2] == 1, (r, res[r])
+        assert float(Path(f"{marker}.{r}").read_text()) - fault_time < TIMEOUT + 2.5
+    frames = read_video(out)
+    assert 1 <= len(frames) < NUM_FRAMES and frames.shape[1:] == (32, 32, 3)
