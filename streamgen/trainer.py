@@ -47,9 +47,12 @@ class EMA:
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
+    def update(self, module: torch.nn.Module, step: int | None = None) -> None:
+        """With ``step``, the decay warms up as ``min(decay, (1 + step) / (10 + step))`` so the average does
+        not drag the random initial weights along for thousands of steps."""
+        decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         for e, p in zip(self.module.parameters(), module.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - decay)
 
 
 def warmup_lambda(warmup: int) -> Callable[[int], float]:
@@ -141,7 +144,7 @@ def optimizer_step(accelerator, loss: torch.Tensor, model, opt, sched, ema: EMA 
     sched.step()
     opt.zero_grad(set_to_none=True)
     if ema is not None:
-        ema.update(accelerator.unwrap_model(model))
+        ema.update(accelerator.unwrap_model(model), step)
     return {"loss": loss.detach(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
 
 

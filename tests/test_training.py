@@ -110,3 +110,20 @@ def test_weights_only_snapshot_restores_and_training_continues(setup, tmp_path):
     r = subprocess.run(cmd(setup, resumed, 6), env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "fresh optimizer" in r.stdout, r.stderr[-2000:]
     assert sorted(losses(resumed)) == [5, 6]  # continued from step 4
+
+
+def test_ema_warmup_tracks_early_weights():
+    import torch
+
+    from streamgen.trainer import EMA
+
+    m = torch.nn.Linear(2, 2)
+    ema = EMA(m, decay=0.999)
+    w0 = ema.module.weight.clone()
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m, step=0)  # decay min(0.999, 1/10) = 0.1: mostly the new weights
+    assert torch.allclose(ema.module.weight, 0.1 * w0 + 0.9 * m.weight)
+    before = ema.module.weight.clone()
+    ema.update(m, step=10**6)  # warmed up: the configured decay
+    assert torch.allclose(ema.module.weight, 0.999 * before + 0.001 * m.weight)
