@@ -13,6 +13,7 @@ setup(
         "transformers>=4.50",
         "accelerate>=1.0",
         "omegaconf>=2.3",
+        "pyyaml>=6",
         "safetensors>=0.4",
         "imageio>=2.30",
         "imageio-ffmpeg>=0.5",
