@@ -301,25 +301,19 @@ class DistillConfig:
 
 
 @dataclass
-class DistillRunConfig:
+class DistillRunConfig(StreamGenConfig):
     """ODE initialisation and DMD distillation of the causal student (``train/ode_init.py``,
-    ``train/distill.py``). ``model`` is the student's shape, which is also the teacher's and the
-    critic's (the student starts from the teacher); ``cache`` / ``sampler`` / ``switch`` are the
-    student's inference settings, used unchanged by the training rollouts."""
+    ``train/distill.py``). The inherited sections are the student's: ``model`` is its shape, which is
+    also the teacher's and the critic's (the student starts from the teacher); ``cache`` / ``sampler``
+    / ``switch`` are its inference settings, used unchanged by the training rollouts."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    switch: SwitchConfig = field(default_factory=SwitchConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    video: VideoConfig = field(default_factory=VideoConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/distill"))  # DMD
     ode: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/ode_init"))  # ODE regression
     distill: DistillConfig = field(default_factory=DistillConfig)
     vae_path: str = "assets/vae"
 
     def validate(self) -> None:
-        StreamGenConfig.validate(self)
+        super().validate()
         c, d, T = self.cache.chunk_frames, self.distill, self.train.latent_frames
         if self.sampler.schedule != "chunkwise":
             raise ConfigError("distillation rollouts use sampler.schedule 'chunkwise'")
