@@ -9,7 +9,7 @@ import torch
 
 from streamgen.config import CacheConfig, ModelConfig, SwitchConfig
 from streamgen.model import CausalWanModel
-from helpers import tiny_pca_vae
+from helpers import randomize_, tiny_pca_vae
 
 TINY = ModelConfig(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, text_dim=16,
                    freq_dim=16, ffn_dim=32, num_layers=2)
@@ -18,11 +18,7 @@ ROLLING = CacheConfig(chunk_frames=1, window_frames=3, sink_frames=1, sink_polic
 
 def randomized(model: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:
     """Every parameter random (norm gains included), so no term hides behind an init of 0 or 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
+    return randomize_(model, std=std, seed=seed)
 
 
 def tiny(seed: int = 0, config: ModelConfig = TINY, std: float = 0.3) -> CausalWanModel:
