@@ -148,7 +148,12 @@ class PCAStreamDecoder(StreamDecoder):
 
 
 class PCAVideoVAE(VideoVAE):
-    """Linear space-time patch autoencoder: latents = (patch - mean) @ basis^T / scale."""
+    """Linear space-time patch autoencoder: latents = (patch - mean) @ basis^T / scale.
+
+    ``scale`` holds each principal component's standard deviation, so every latent channel has
+    unit variance (as the Wan VAE's ``latents_std``): under flow-matching noise all channels are
+    equally visible, and the detail channels that carry shape are not drowned by the colour ones.
+    """
 
     def __init__(self, z_dim: int = 64):
         super().__init__()
@@ -159,18 +164,24 @@ class PCAVideoVAE(VideoVAE):
         self.register_buffer("first_basis", torch.zeros(z_dim, first))
         self.register_buffer("mean", torch.zeros(rest))
         self.register_buffer("basis", torch.zeros(z_dim, rest))
-        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("first_scale", torch.ones(z_dim))
+        self.register_buffer("scale", torch.ones(z_dim))
+
+    def _group(self, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if first:
+            return self.first_mean, self.first_basis, self.first_scale
+        return self.mean, self.basis, self.scale
 
     def _encode_group(self, video: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
-        mean, basis = (self.first_mean, self.first_basis) if first else (self.mean, self.basis)
-        z = (_patches(video, t, self.spatial) - mean) @ basis.T / self.scale
+        mean, basis, scale = self._group(first)
+        z = (_patches(video, t, self.spatial) - mean) @ basis.T / scale
         return z.permute(0, 4, 1, 2, 3)
 
     def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
-        mean, basis = (self.first_mean, self.first_basis) if first else (self.mean, self.basis)
-        p = (latents.permute(0, 2, 3, 4, 1) * self.scale) @ basis + mean
+        mean, basis, scale = self._group(first)
+        p = (latents.permute(0, 2, 3, 4, 1) * scale) @ basis + mean
         return _unpatches(p, t, self.spatial)
 
     @torch.no_grad()
@@ -199,13 +210,11 @@ class PCAVideoVAE(VideoVAE):
             evals, evecs = torch.linalg.eigh(cov)
             order = evals.argsort(descending=True)[: self.z_dim]
             basis = evecs[:, order].T
+            std = evals[order].clamp_min(1e-12).sqrt()
             if first:
-                self.first_mean.copy_(mean), self.first_basis.copy_(basis)
+                self.first_mean.copy_(mean), self.first_basis.copy_(basis), self.first_scale.copy_(std)
             else:
-                self.mean.copy_(mean), self.basis.copy_(basis)
-                # one global scale keeps the channels' relative variance (the DiT loss weighs
-                # strong components more) while giving the latents unit average variance
-                self.scale.copy_(evals[order].mean().sqrt())
+                self.mean.copy_(mean), self.basis.copy_(basis), self.scale.copy_(std)
             stats["explained_first" if first else "explained"] = (evals[order].sum() / evals.sum()).item()
         return stats
 
@@ -227,7 +236,11 @@ class PCAVideoVAE(VideoVAE):
         if cfg.get("type") != "pca":
             raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not 'pca'")
         vae = cls(cfg["z_dim"])
-        vae.load_state_dict(load_file(str(d / "vae.safetensors")))
+        state = load_file(str(d / "vae.safetensors"))
+        if "first_scale" not in state or state["scale"].dim() != 1:
+            raise ValueError(f"{d} holds a PCA VAE with one global latent scale (the old format); latents now have "
+                             f"a per-channel scale: refit it with `python train/fit_vae.py --out {d}`")
+        vae.load_state_dict(state)
         return vae.eval()
 
 

@@ -42,6 +42,7 @@ def tiny_pca_vae(z_dim: int = 8, seed: int = 0, scale: float = 0.2):
             q, _ = torch.linalg.qr(torch.randn(b.shape[1], b.shape[0], generator=g))
             b.copy_(q.T)
         vae.scale.fill_(scale)
+        vae.first_scale.fill_(scale)
     return vae.eval()
 
 

@@ -90,8 +90,8 @@ def main() -> None:
         f"Linear autoencoder with the Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames):\n"
         f"each 4x8x8x3 pixel patch (the first frame: 1x8x8x3) is projected on its top {args.z_dim} principal\n"
         f"directions, fitted in closed form on {args.clips} toy-world training clips of {args.frames} frames.\n"
-        f"Latents are divided by one global scale (unit average variance). Decoding a latent frame needs no\n"
-        f"other frame, so streaming decode is exact.\n\n"
+        f"Each latent channel is divided by its component's standard deviation (unit variance per channel, like\n"
+        f"the Wan VAE's latents_std). Decoding a latent frame needs no other frame, so streaming decode is exact.\n\n"
         f"Made by: `{cmd}`\n\n## Evaluation on {args.eval_clips} random clips of {args.eval_frames} frames\n\n"
         f"Detector accuracy (streamgen.toyworld) on ground truth vs on decoded clips:\n\n```\n{table}\n```\n\n{summary}\n"
     )
