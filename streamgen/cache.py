@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import FrameMask, attention, frame_mask
 from .config import CacheConfig
 from .rope import apply_rope, rope_angles, rope_cos_sin
 
@@ -335,8 +335,8 @@ class JointCacheView:
 
     Limits: the sink is the stored one; an ``ema`` sink only blends committed chunks (when an in-flight
     chunk is already out of a later in-flight chunk's window it is not blended in, unlike
-    ``BlockCausalPlan.sink_copies``). The token-level mask is ``(T C t) x (keys)`` booleans: fine for
-    small grids; for real resolutions build a flex block mask from ``frame_mask`` instead.
+    ``BlockCausalPlan.sink_copies``). The mask is a ``FrameMask`` (frame-level table; the flex backend
+    never expands it to tokens).
     """
 
     write = False
@@ -387,7 +387,7 @@ class JointCacheView:
             lo = max(ws[j], frame_start)
             mask[rows, fly_base + lo - frame_start : fly_base + s + C - frame_start] = True
         self.frame_mask = mask
-        self.mask = None if bool(mask.all()) else mask.repeat_interleave(t, 0).repeat_interleave(t, 1).to(dev)
+        self.mask = frame_mask(mask, t)
         self.chunk_copy, self.copy_base, self.ring_base, self.fly_base = chunk_copy, copy_base, ring_base, fly_base
         self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -440,9 +440,8 @@ class JointChunkView:
             raise AssertionError("a chunk's in-flight sink frames are older in-flight chunks")  # sink frames < s_j
         past = list(range(joint.copy_base[cj], joint.copy_base[cj] + self.copy_frames)) + list(range(joint.ring_base, joint.fly_base))
         cols = past + list(range(joint.fly_base, joint.fly_base + (j + 1) * C))
-        fm = joint.frame_mask[j * C : (j + 1) * C][:, cols]
+        self.mask = frame_mask(joint.frame_mask[j * C : (j + 1) * C][:, cols], t)
         dev = cache.k.device
-        self.mask = None if bool(fm.all()) else fm.repeat_interleave(t, 0).repeat_interleave(t, 1).to(dev)
         g, hd, th = cache.grid, cache.head_dim, cache.rope_theta
         kp, qp = joint.key_positions, joint.query_positions
         self.past_rope = rope_cos_sin(rope_angles([kp[i] for i in past], g.height, g.width, hd, th), torch.float32, dev)
@@ -497,22 +496,21 @@ class BlockCausalPlan:
         frames = list(range(frame_start, frame_start + num_frames))
         angles = [rope_angles(frames, grid.height, grid.width, head_dim, rope_theta)]
         S = cfg.sink_frames
-        # Mask over [all frame tokens | sink copy of chunk 0 | sink copy of chunk 1 | ...].
-        lq, lk = num_frames * t, num_frames * t + (n_chunks * S * t)
-        mask = torch.zeros(lq, lk, dtype=torch.bool)
+        # Frame mask over [all frames | sink copy of chunk 0 | sink copy of chunk 1 | ...].
+        mask = torch.zeros(num_frames, num_frames + n_chunks * S, dtype=torch.bool)
         for i, (s, ws, sv) in enumerate(self.chunks):
-            rows = slice((s - frame_start) * t, (s - frame_start + C) * t)
+            rows = slice(s - frame_start, s - frame_start + C)
             lo = max(ws, frame_start)
-            mask[rows, (lo - frame_start) * t : (s + C - frame_start) * t] = True
+            mask[rows, lo - frame_start : s + C - frame_start] = True
             if S:
-                base = num_frames * t + i * S * t
-                mask[rows, base : base + sv * t] = True
+                base = num_frames + i * S
+                mask[rows, base : base + sv] = True
                 pos = sink_positions(cfg, s, C)
                 off = position_offset(cfg, s, C)
                 # Back to absolute coordinates (queries and window keys use absolute positions).
                 pos = [p + off for p in pos] + [0] * (S - sv)
                 angles.append(rope_angles(pos, grid.height, grid.width, head_dim, rope_theta))
-        self.mask = mask
+        self.mask = FrameMask(mask, t)
         self.key_angles = torch.cat(angles, dim=0)
         self.query_angles = angles[0]
 
@@ -548,7 +546,7 @@ class BlockCausalPlan:
         dev = q.device
         qr = apply_rope(q, *rope_cos_sin(self.query_angles, torch.float32, dev))
         kr = apply_rope(k, *rope_cos_sin(self.key_angles, torch.float32, dev))
-        return attention(qr, kr, v, self.mask.to(dev), backend)
+        return attention(qr, kr, v, self.mask, backend)
 
 
 class FullAttention:
