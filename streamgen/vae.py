@@ -150,14 +150,19 @@ class PCAStreamDecoder(StreamDecoder):
 class PCAVideoVAE(VideoVAE):
     """Linear space-time patch autoencoder: latents = (patch - mean) @ basis^T / scale.
 
-    ``scale`` holds each principal component's standard deviation, so every latent channel has
-    unit variance (as the Wan VAE's ``latents_std``): under flow-matching noise all channels are
-    equally visible, and the detail channels that carry shape are not drowned by the colour ones.
+    ``scale`` is per channel: ``std_c ** scale_power`` times one constant that gives the latents unit
+    average variance. The spectrum is steep (component std 5.4 for the patch colour, 0.02 for the
+    finest detail, relative to the mean), so the power is a trade-off for a flow-matching DiT:
+    0 keeps it (92 % of the loss on three colour channels; detail stays below the noise and comes
+    out as 8x8-block noise); 1 whitens every channel like the Wan VAE's ``latents_std`` (colour gets
+    5 % of the loss and the text-to-colour mapping is learnt slowly; sparse edge channels become
+    heavy-tailed). 0.5 (the default) sits between: colour 61 % of the loss, detail visible from
+    mid noise levels, and a detail channel's error decodes ~13x smaller than at power 0.
     """
 
-    def __init__(self, z_dim: int = 64):
+    def __init__(self, z_dim: int = 64, scale_power: float = 0.5):
         super().__init__()
-        self.z_dim = z_dim
+        self.z_dim, self.scale_power = z_dim, scale_power
         s, t = self.spatial, self.temporal
         first, rest = 3 * s * s, 3 * t * s * s
         self.register_buffer("first_mean", torch.zeros(first))
@@ -211,10 +216,12 @@ class PCAVideoVAE(VideoVAE):
             order = evals.argsort(descending=True)[: self.z_dim]
             basis = evecs[:, order].T
             std = evals[order].clamp_min(1e-12).sqrt()
+            # latent std = std / scale = std ** (1 - p) / k; k gives the latents unit average variance
+            scale = std**self.scale_power * (std ** (1 - self.scale_power)).pow(2).mean().sqrt()
             if first:
-                self.first_mean.copy_(mean), self.first_basis.copy_(basis), self.first_scale.copy_(std)
+                self.first_mean.copy_(mean), self.first_basis.copy_(basis), self.first_scale.copy_(scale)
             else:
-                self.mean.copy_(mean), self.basis.copy_(basis), self.scale.copy_(std)
+                self.mean.copy_(mean), self.basis.copy_(basis), self.scale.copy_(scale)
             stats["explained_first" if first else "explained"] = (evals[order].sum() / evals.sum()).item()
         return stats
 
@@ -225,7 +232,7 @@ class PCAVideoVAE(VideoVAE):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "vae.safetensors"))
-        (d / "config.json").write_text(json.dumps({"type": "pca", "z_dim": self.z_dim}, indent=2))
+        (d / "config.json").write_text(json.dumps({"type": "pca", "z_dim": self.z_dim, "scale_power": self.scale_power}, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "PCAVideoVAE":
@@ -235,7 +242,7 @@ class PCAVideoVAE(VideoVAE):
         cfg = json.loads((d / "config.json").read_text())
         if cfg.get("type") != "pca":
             raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not 'pca'")
-        vae = cls(cfg["z_dim"])
+        vae = cls(cfg["z_dim"], cfg.get("scale_power", 1.0))
         state = load_file(str(d / "vae.safetensors"))
         if "first_scale" not in state or state["scale"].dim() != 1:
             raise ValueError(f"{d} holds a PCA VAE with one global latent scale (the old format); latents now have "

@@ -46,12 +46,14 @@ def main() -> None:
     ap.add_argument("--eval-clips", type=int, default=200)
     ap.add_argument("--eval-frames", type=int, default=33)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale-power", type=float, default=0.5,
+                    help="latent channel c is divided by std_c ** p (0: one global scale, 1: whitened)")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     train = to_tensor(render_batch([sample_spec(rng, "train") for _ in range(args.clips)], args.frames))
-    vae = PCAVideoVAE(args.z_dim)
+    vae = PCAVideoVAE(args.z_dim, args.scale_power)
     stats = vae.fit(train)
     fit_s = time.time() - t0
     del train
@@ -90,8 +92,9 @@ def main() -> None:
         f"Linear autoencoder with the Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames):\n"
         f"each 4x8x8x3 pixel patch (the first frame: 1x8x8x3) is projected on its top {args.z_dim} principal\n"
         f"directions, fitted in closed form on {args.clips} toy-world training clips of {args.frames} frames.\n"
-        f"Each latent channel is divided by its component's standard deviation (unit variance per channel, like\n"
-        f"the Wan VAE's latents_std). Decoding a latent frame needs no other frame, so streaming decode is exact.\n\n"
+        f"Latent channel c is divided by std_c ** {args.scale_power} (std_c: the component's standard deviation;\n"
+        f"0 = one global scale, 1 = whitened like the Wan VAE's latents_std), then all by one constant for unit\n"
+        f"average variance (see PCAVideoVAE). Decoding a latent frame needs no other frame, so streaming decode is exact.\n\n"
         f"Made by: `{cmd}`\n\n## Evaluation on {args.eval_clips} random clips of {args.eval_frames} frames\n\n"
         f"Detector accuracy (streamgen.toyworld) on ground truth vs on decoded clips:\n\n```\n{table}\n```\n\n{summary}\n"
     )
