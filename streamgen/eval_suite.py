@@ -33,6 +33,28 @@ def mean_row(rows: list[dict], **label) -> dict:
 
 
 @torch.no_grad()
+def text_gain(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, latent_frames: int, *, sigma: float = 0.9,
+              batch_size: int = 8, seed: int = 4321) -> float:
+    """How much the prompt helps the denoiser: ``1 - err(cond) / err(uncond)``, the x0 errors on a fixed
+    batch of training clips noised to ``sigma``. 0 means the text is ignored (a run that stays at 0
+    for thousands of steps is not learning its conditioning); it grows as the prompt is used."""
+    from .data import toy_batch
+    from .sampler import add_noise, timestep, x0_from_flow
+
+    p = next(model.parameters())
+    batch = toy_batch(vae, batch_size, latent_frames, seed, 0)
+    x0 = batch.latents.to(p.device, p.dtype)
+    g = torch.Generator().manual_seed(seed)
+    xt = add_noise(x0, torch.randn(x0.shape, generator=g).to(p.device, p.dtype), sigma)
+    t = torch.full((batch_size,), float(timestep(sigma)), device=p.device)
+    err = {}
+    for name, caps in (("cond", [canonical_caption(s) for s in batch.specs]), ("uncond", [""] * batch_size)):
+        flow = model(xt, t, model.encode_context(text.encode(caps).to(p.device, p.dtype)))
+        err[name] = float((x0_from_flow(xt, flow, sigma) - x0).pow(2).mean())
+    return 1.0 - err["cond"] / err["uncond"]
+
+
+@torch.no_grad()
 def teacher_eval(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, cfg, *, num_prompts: int = 8,
                  steps: int = 30, guidance: float = 4.0, seed: int = 1234, split: str = "train",
                  captions: str = "canonical") -> tuple[list[dict], str]:
@@ -56,6 +78,7 @@ def teacher_eval(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, cfg, *
         assert len(frames) == pixel_frames(tc.latent_frames, vae.temporal)
         rows.append(evaluate_clip(frames, spec).row(prompt=caption))
     summary = mean_row(rows, model=f"teacher {steps} steps cfg {guidance}", split=split, captions=captions)
+    summary["text_gain"] = text_gain(model, vae, text, tc.latent_frames)
     return [summary], format_table([summary])
 
 

@@ -46,3 +46,27 @@ def test_oracle_scores_perfectly():
 def test_random_model_scores_poorly(tiny_pipe):
     rows, _ = pipeline_suite(tiny_pipe, num_prompts=2, seconds=1.0, label="random")
     assert all((r["colour"] or 0) < 0.5 for r in rows)
+
+
+def test_text_gain_is_zero_without_conditioning_and_nonzero_with_it(minilm):
+    """The teacher eval's text_gain: exactly 0 when the cross-attention is cut (no path from the
+    prompt), non-zero when the prompt reaches the output."""
+    import torch
+
+    from streamgen.config import ModelConfig
+    from streamgen.eval_suite import text_gain
+    from streamgen.model import CausalWanModel
+    from streamgen.vae import load_vae
+    from helpers import randomize_
+
+    vae = load_vae("assets/vae")
+    cfg = ModelConfig(num_attention_heads=2, attention_head_dim=16, in_channels=vae.z_dim, out_channels=vae.z_dim,
+                      text_dim=384, freq_dim=32, ffn_dim=64, num_layers=2)
+    torch.manual_seed(0)
+    model = randomize_(CausalWanModel(cfg)).eval()
+    assert abs(text_gain(model, vae, minilm, 2, batch_size=2)) > 1e-4
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn2.to_out[0].weight.zero_()
+            blk.attn2.to_out[0].bias.zero_()
+    assert text_gain(model, vae, minilm, 2, batch_size=2) == 0.0
