@@ -198,6 +198,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # empty prompt, for classifier-free guidance
     paraphrase_prob: float = 0.5
     timestep_shift: float = 3.0  # training and sampling noise-level shift
+    timestep_sampling: str = "uniform"  # uniform | logit_normal (before the shift)
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -210,6 +211,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.timestep_sampling not in ("uniform", "logit_normal"):
+            raise ConfigError(f"train.timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
         if self.init not in ("adaln_zero", "diffusers"):
             raise ConfigError(f"train.init must be adaln_zero or diffusers, got {self.init!r}")
 

@@ -33,10 +33,11 @@ def mean_row(rows: list[dict], **label) -> dict:
 
 
 @torch.no_grad()
-def text_gain(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, latent_frames: int, *, sigma: float = 0.9,
+def text_gain(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, latent_frames: int, *, sigma: float = 0.98,
               batch_size: int = 8, seed: int = 4321) -> float:
     """How much the prompt helps the denoiser: ``1 - err(cond) / err(uncond)``, the x0 errors on a fixed
-    batch of training clips noised to ``sigma``. 0 means the text is ignored (a run that stays at 0
+    batch of training clips noised to ``sigma`` (high: below ~0.95 the flat background is readable from
+    the noisy latents themselves, and the prompt adds little). 0 means the text is ignored (a run that stays at 0
     for thousands of steps is not learning its conditioning); it grows as the prompt is used."""
     from .data import toy_batch
     from .sampler import add_noise, timestep, x0_from_flow

@@ -127,3 +127,20 @@ def test_ema_warmup_tracks_early_weights():
     before = ema.module.weight.clone()
     ema.update(m, step=10**6)  # warmed up: the configured decay
     assert torch.allclose(ema.module.weight, 0.999 * before + 0.001 * m.weight)
+
+
+@pytest.mark.parametrize("kind,above_095,below_03", [("uniform", 0.136, 0.125), ("logit_normal", 0.032, 0.025)])
+def test_teacher_noise_levels(kind, above_095, below_03):
+    """Shifted training noise levels: the high-noise share (where the prompt decides the background)
+    and the low-noise share (detail), against the closed form for shift 3."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("teacher_script", ROOT / "train" / "teacher.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    s = mod.sample_sigmas(200_000, 3.0, torch.Generator().manual_seed(0), kind)
+    assert 0 < float(s.min()) and float(s.max()) < 1
+    assert abs(float((s > 0.95).float().mean()) - above_095) < 0.005
+    assert abs(float((s < 0.3).float().mean()) - below_03) < 0.005

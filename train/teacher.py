@@ -28,9 +28,10 @@ from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warmup_
 from streamgen.vae import load_vae  # noqa: E402
 
 
-def sample_sigmas(n: int, shift: float, g: torch.Generator) -> torch.Tensor:
-    """Logit-normal noise levels, shifted like the sampling grid."""
-    return shift_sigma(torch.sigmoid(torch.randn(n, generator=g)), shift)
+def sample_sigmas(n: int, shift: float, g: torch.Generator, kind: str = "uniform") -> torch.Tensor:
+    """Training noise levels: ``u`` uniform or logit-normal in (0, 1), shifted like the sampling grid."""
+    u = torch.rand(n, generator=g) if kind == "uniform" else torch.sigmoid(torch.randn(n, generator=g))
+    return shift_sigma(u, shift)
 
 
 def parse(argv=None):
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
         g = torch.Generator().manual_seed(stable_seed(tc.seed, step, run.rank, 1))
         x0 = batch.latents.to(acc.device)
         noise = torch.randn(x0.shape, generator=g).to(acc.device)
-        sigma = sample_sigmas(x0.shape[0], tc.timestep_shift, g).to(acc.device)
+        sigma = sample_sigmas(x0.shape[0], tc.timestep_shift, g, tc.timestep_sampling).to(acc.device)
         xt = add_noise(x0, noise, sigma.view(-1, 1, 1, 1, 1))
         states = text.encode(batch.captions).to(acc.device)
         with acc.autocast():
