@@ -83,18 +83,11 @@ def _sdpa(q, k, v, mask):
 
 
 def _flex(q, k, v, mask):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-    block_mask = None
-    if isinstance(mask, FrameMask):
-        block_mask = mask.block_mask(q.device)
-    elif mask is not None:
-        dense = mask.to(q.device)
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return dense[q_idx, kv_idx]
-
-        block_mask = create_block_mask(mask_mod, None, None, q.shape[1], k.shape[1], device=q.device)
+    if mask is not None and not isinstance(mask, FrameMask):
+        mask = FrameMask(mask, 1)  # a token-level mask is a frame mask of one-token frames
+    block_mask = None if mask is None else mask.block_mask(q.device)
     fn = _compiled_flex() if q.is_cuda else flex_attention
     out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
     return out.transpose(1, 2)
