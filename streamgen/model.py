@@ -26,6 +26,7 @@ from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedd
 from .attention import attention, check_backend
 from .cache import BlockCausalPlan, FullAttention, RollingKVCache, TokenGrid
 from .config import CacheConfig, ModelConfig
+from .sampler import NUM_TRAIN_TIMESTEPS, linear_flow_precondition
 
 
 class SelfAttentionPlan(Protocol):
@@ -69,6 +70,10 @@ class CausalWanModel(nn.Module):
         self.norm_out = FP32LayerNorm(d, config.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(d, config.out_channels * math.prod(pt))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+        if config.precondition == "linear":
+            # Per-channel latent statistics (set from data before training; saved with the weights).
+            self.register_buffer("latent_mean", torch.zeros(config.out_channels))
+            self.register_buffer("latent_std", torch.ones(config.out_channels))
         self.gradient_checkpointing = False
 
     # -- construction helpers ----------------------------------------------------------------
@@ -184,6 +189,25 @@ class CausalWanModel(nn.Module):
         x = x.reshape(b, f // pt, h // ph, w // pw, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
+    def output(self, raw: torch.Tensor, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The flow from the head's output ``raw`` for input latents ``x`` ``[B, C, F, H, W]`` at ``timestep``
+        ``[B]`` or ``[B, F]`` (identity unless ``config.precondition == "linear"``)."""
+        if self.config.precondition == "none":
+            return raw
+        b, c, f = x.shape[:3]
+        sigma = torch.as_tensor(timestep, device=x.device, dtype=torch.float32) / NUM_TRAIN_TIMESTEPS
+        sigma = sigma.reshape(-1, 1) if sigma.ndim <= 1 else sigma.reshape(-1, f)
+        sigma = sigma.expand(b, f)[:, None, :, None, None]
+        stat = lambda t: t.float().view(1, c, 1, 1, 1)  # noqa: E731
+        c_skip, c_bias, c_out = linear_flow_precondition(sigma, stat(self.latent_mean), stat(self.latent_std))
+        return (c_skip * x.float() + c_bias + c_out * raw.float()).to(raw.dtype)
+
+    @torch.no_grad()
+    def set_latent_stats(self, latents: torch.Tensor) -> None:
+        """Per-channel mean and std of training latents ``[N, C, F, H, W]`` (``precondition: linear``)."""
+        self.latent_mean.copy_(latents.float().mean(dim=(0, 2, 3, 4)))
+        self.latent_std.copy_(latents.float().std(dim=(0, 2, 3, 4)))
+
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: TextContext | torch.Tensor,
                 attn: SelfAttentionPlan | None = None) -> torch.Tensor:
         """Flow prediction for latents ``x``. ``attn`` defaults to full bidirectional attention."""
@@ -193,7 +217,7 @@ class CausalWanModel(nn.Module):
             _, _, f, h, w = x.shape
             attn = self.full_attention(f // self.config.patch_size[0], h, w)
         state = self.run_blocks(self.embed(x, timestep), context, attn)
-        return self.head(state, (x.shape[0], self.config.out_channels, *x.shape[2:]))
+        return self.output(self.head(state, (x.shape[0], self.config.out_channels, *x.shape[2:])), x, timestep)
 
     def forward_cached(self, x: torch.Tensor, timestep: torch.Tensor, context: TextContext, cache: RollingKVCache,
                        *, write: bool = False, frame_start: int | None = None) -> torch.Tensor:

@@ -52,6 +52,25 @@ def x0_from_flow(x: torch.Tensor, flow: torch.Tensor, sigma) -> torch.Tensor:
     return x - sigma * flow
 
 
+def linear_flow_precondition(sigma: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coefficients of ``flow = c_skip * x + c_bias + c_out * F`` where ``c_skip * x + c_bias`` is the best
+    linear (per-channel) estimate of the flow from ``x = x_sigma`` and ``c_out`` the standard deviation of
+    what it leaves, for latents with per-channel ``mean``/``std`` (``sigma`` and the statistics broadcast).
+
+    The network ``F`` then predicts a unit-variance residual instead of copying the noise through
+    its blocks: ``F = 0`` is already the linear-MMSE flow, so x0 errors never exceed the data
+    variance. (The EDM idea, for rectified flow: ``flow = noise - x0``, ``x = (1-s) x0 + s noise``.)
+    """
+    var = std.square()
+    var_x = (1 - sigma).square() * var + sigma.square()
+    cov = sigma - (1 - sigma) * var
+    c_skip = cov / var_x
+    c_out = (1 + var - cov.square() / var_x).clamp_min(1e-12).sqrt()
+    c_bias = -mean - c_skip * (1 - sigma) * mean  # E[flow] - c_skip * E[x]
+    return c_skip, c_bias, c_out
+
+
 def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Training target of flow matching."""
     return noise - x0

@@ -55,6 +55,31 @@ class EMA:
             e.lerp_(p.detach(), 1.0 - decay)
 
 
+def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False) -> list[str]:
+    """Load ``source``'s weights (EMA preferred) into ``model`` for a fresh run; returns the keys the
+    source lacked (kept at their init). Any other mismatch is an error, as in a strict load."""
+    from safetensors.torch import load_file
+
+    from .distill import resolve_weights
+
+    sd = load_file(str(resolve_weights(source, "ema")))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = [k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape]
+    if unexpected or shapes or len(missing) > len(expected) // 2:
+        raise ValueError(f"train.init_from={source!r} does not fit this model: unexpected keys {unexpected[:5]}, "
+                         f"shape mismatches {shapes[:5]}, {len(missing)} of {len(expected)} keys missing; "
+                         "check that model.* matches the run it came from")
+    model.load_state_dict(sd, strict=False)
+    if reset_head:
+        with torch.no_grad():
+            model.proj_out.weight.zero_()
+            model.proj_out.bias.zero_()
+    print(f"warm start from {source}: kept init for {missing or 'no keys'}" + (", output head zeroed" if reset_head else ""))
+    return missing
+
+
 def warmup_lambda(warmup: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / max(warmup, 1))
 

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
-from streamgen.data import toy_batch  # noqa: E402
+from streamgen.data import STATS_STEP, toy_batch  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import add_noise, flow_target, shift_sigma, stable_seed, timestep  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
-from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warmup_lambda, write_eval  # noqa: E402
+from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 
 
@@ -52,6 +52,11 @@ def main(argv=None) -> None:
     model = CausalWanModel(cfg.model)
     if tc.init == "adaln_zero":
         init_adaln_zero(model)
+    vae = load_vae(cfg.vae_path)
+    if cfg.model.precondition == "linear":  # a resumed run overwrites these with its own
+        model.set_latent_stats(toy_batch(vae, 64, tc.latent_frames, tc.seed, STATS_STEP).latents)
+    if tc.init_from:
+        warm_start(model, tc.init_from, tc.init_reset_head)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(tc.warmup_steps))
@@ -59,7 +64,6 @@ def main(argv=None) -> None:
     run.resume()
     acc = run.accelerator
     model, opt = acc.prepare(model, opt)
-    vae = load_vae(cfg.vae_path)
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
     if run.is_main:
         n = sum(p.numel() for p in model.parameters())

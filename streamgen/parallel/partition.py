@@ -192,7 +192,7 @@ def measure_costs(pipe, repeats: int = 3) -> Costs:
             _sync(dev)
             per_block[i].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        flow = model.head(state, (1, model.config.out_channels, *shape[2:]))
+        flow = model.output(model.head(state, (1, model.config.out_channels, *shape[2:])), x, t)
         chunk_step(lambda *_: flow, x, pipe.sigmas, 0, lambda i: x) if len(pipe.sigmas) > 1 else None
         _sync(dev)
         head_t.append(time.perf_counter() - t0)

@@ -316,7 +316,7 @@ class _Rank:
         """Last rank: head, sampler step, latents back to rank 0; decode after the last step."""
         pipe, c, s = self.pipe, w.chunk, w.step
         x_in = pipe._step_noise(c, 0) if s == 0 else self.xs.pop(c)
-        flow = self.model.head(state, (1, self.model.config.out_channels, *self.shape[2:]))
+        flow = self.model.output(self.model.head(state, (1, self.model.config.out_channels, *self.shape[2:])), x_in, t)
 
         def predict(x, t_sampler):
             if x is not x_in or not torch.equal(t_sampler, t):
