@@ -37,10 +37,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     # Self-attention kernel: "sdpa" (CPU/GPU), "flex" (GPU training), "xformers" (optional extra).
     attention_backend: str = "sdpa"
-    # Output parameterisation: "none" (Wan: the head is the flow) or "linear" (the head is a
-    # unit-variance residual on the per-channel linear estimate of the flow; the latent statistics
-    # are buffers in the state dict). "linear" suits latents with many channels per token.
-    precondition: str = "none"
+    # What the head predicts: "flow" (Wan, v-prediction) or "x0" (the clean latents; the flow is
+    # derived, see sampler.flow_from_x0). x0 suits tokens about as wide as the model (JiT, Li & He
+    # 2025): a flow head then has to carry the noise through every block, and returns it as blocks.
+    prediction: str = "flow"
 
     @property
     def dim(self) -> int:
@@ -51,8 +51,8 @@ class ModelConfig:
             raise ConfigError(f"model.attention_head_dim must be even for RoPE, got {self.attention_head_dim}")
         if len(self.patch_size) != 3:
             raise ConfigError(f"model.patch_size must be (t, h, w), got {self.patch_size}")
-        if self.precondition not in ("none", "linear"):
-            raise ConfigError(f"model.precondition must be 'none' or 'linear', got {self.precondition!r}")
+        if self.prediction not in ("flow", "x0"):
+            raise ConfigError(f"model.prediction must be 'flow' or 'x0', got {self.prediction!r}")
         if self.qk_norm != "rms_norm_across_heads":
             raise ConfigError(f"model.qk_norm: only 'rms_norm_across_heads' (Wan2.1) is supported, got {self.qk_norm!r}")
 
@@ -214,8 +214,7 @@ class TrainConfig:
     guidance_scale: float = 4.0
     init: str = "adaln_zero"  # adaln_zero | diffusers
     # Warm start of a fresh run: weights (run dir, checkpoint dir or file; EMA preferred) loaded over the
-    # init; keys the source lacks (e.g. latent statistics) keep their fresh values. ``init_reset_head``
-    # zeroes the output projection again (for a changed output parameterisation, model.precondition).
+    # init. ``init_reset_head`` zeroes the output projection again (for a changed model.prediction).
     init_from: str = ""
     init_reset_head: bool = False
 

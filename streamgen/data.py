@@ -23,9 +23,6 @@ class ToyBatch:
     specs: list[ClipSpec]
 
 
-STATS_STEP = 2**31 - 1  # batch index for data statistics (never a training step)
-
-
 def batch_rng(seed: int, step: int, rank: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, rank])
 

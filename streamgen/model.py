@@ -26,7 +26,7 @@ from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedd
 from .attention import attention, check_backend
 from .cache import BlockCausalPlan, FullAttention, RollingKVCache, TokenGrid
 from .config import CacheConfig, ModelConfig
-from .sampler import NUM_TRAIN_TIMESTEPS, linear_flow_precondition
+from .sampler import NUM_TRAIN_TIMESTEPS, flow_from_x0
 
 
 class SelfAttentionPlan(Protocol):
@@ -70,10 +70,6 @@ class CausalWanModel(nn.Module):
         self.norm_out = FP32LayerNorm(d, config.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(d, config.out_channels * math.prod(pt))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
-        if config.precondition == "linear":
-            # Per-channel latent statistics (set from data before training; saved with the weights).
-            self.register_buffer("latent_mean", torch.zeros(config.out_channels))
-            self.register_buffer("latent_std", torch.ones(config.out_channels))
         self.gradient_checkpointing = False
 
     # -- construction helpers ----------------------------------------------------------------
@@ -191,22 +187,13 @@ class CausalWanModel(nn.Module):
 
     def output(self, raw: torch.Tensor, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The flow from the head's output ``raw`` for input latents ``x`` ``[B, C, F, H, W]`` at ``timestep``
-        ``[B]`` or ``[B, F]`` (identity unless ``config.precondition == "linear"``)."""
-        if self.config.precondition == "none":
+        ``[B]`` or ``[B, F]``: ``raw`` itself, or the flow its x0 implies (``config.prediction == "x0"``)."""
+        if self.config.prediction == "flow":
             return raw
-        b, c, f = x.shape[:3]
+        b, _, f = x.shape[:3]
         sigma = torch.as_tensor(timestep, device=x.device, dtype=torch.float32) / NUM_TRAIN_TIMESTEPS
         sigma = sigma.reshape(-1, 1) if sigma.ndim <= 1 else sigma.reshape(-1, f)
-        sigma = sigma.expand(b, f)[:, None, :, None, None]
-        stat = lambda t: t.float().view(1, c, 1, 1, 1)  # noqa: E731
-        c_skip, c_bias, c_out = linear_flow_precondition(sigma, stat(self.latent_mean), stat(self.latent_std))
-        return (c_skip * x.float() + c_bias + c_out * raw.float()).to(raw.dtype)
-
-    @torch.no_grad()
-    def set_latent_stats(self, latents: torch.Tensor) -> None:
-        """Per-channel mean and std of training latents ``[N, C, F, H, W]`` (``precondition: linear``)."""
-        self.latent_mean.copy_(latents.float().mean(dim=(0, 2, 3, 4)))
-        self.latent_std.copy_(latents.float().std(dim=(0, 2, 3, 4)))
+        return flow_from_x0(x, raw, sigma.expand(b, f)[:, None, :, None, None]).to(raw.dtype)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: TextContext | torch.Tensor,
                 attn: SelfAttentionPlan | None = None) -> torch.Tensor:

@@ -52,23 +52,14 @@ def x0_from_flow(x: torch.Tensor, flow: torch.Tensor, sigma) -> torch.Tensor:
     return x - sigma * flow
 
 
-def linear_flow_precondition(sigma: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Coefficients of ``flow = c_skip * x + c_bias + c_out * F`` where ``c_skip * x + c_bias`` is the best
-    linear (per-channel) estimate of the flow from ``x = x_sigma`` and ``c_out`` the standard deviation of
-    what it leaves, for latents with per-channel ``mean``/``std`` (``sigma`` and the statistics broadcast).
+X0_SIGMA_MIN = 0.05  # below it an x0-predicting head's flow stops growing as 1 / sigma (JiT's clip)
 
-    The network ``F`` then predicts a unit-variance residual instead of copying the noise through
-    its blocks: ``F = 0`` is already the linear-MMSE flow, so x0 errors never exceed the data
-    variance. (The EDM idea, for rectified flow: ``flow = noise - x0``, ``x = (1-s) x0 + s noise``.)
-    """
-    var = std.square()
-    var_x = (1 - sigma).square() * var + sigma.square()
-    cov = sigma - (1 - sigma) * var
-    c_skip = cov / var_x
-    c_out = (1 + var - cov.square() / var_x).clamp_min(1e-12).sqrt()
-    c_bias = -mean - c_skip * (1 - sigma) * mean  # E[flow] - c_skip * E[x]
-    return c_skip, c_bias, c_out
+
+def flow_from_x0(x: torch.Tensor, x0: torch.Tensor, sigma, sigma_min: float = X0_SIGMA_MIN) -> torch.Tensor:
+    """The flow that an x0 prediction implies at ``x = x_sigma``: ``(x - x0) / sigma``, with ``sigma``
+    clipped to ``sigma_min`` so a clean (sigma 0) context frame or the last steps stay finite."""
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).clamp_min(sigma_min)
+    return (x.float() - x0.float()) / s
 
 
 def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

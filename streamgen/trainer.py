@@ -57,7 +57,7 @@ class EMA:
 
 def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False) -> list[str]:
     """Load ``source``'s weights (EMA preferred) into ``model`` for a fresh run; returns the keys the
-    source lacked (kept at their init). Any other mismatch is an error, as in a strict load."""
+    source lacked (kept at their init; at most half of them). Other mismatches are errors."""
     from safetensors.torch import load_file
 
     from .distill import resolve_weights

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
-from streamgen.data import STATS_STEP, toy_batch  # noqa: E402
+from streamgen.data import toy_batch  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import add_noise, flow_target, shift_sigma, stable_seed, timestep  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
@@ -53,8 +53,6 @@ def main(argv=None) -> None:
     if tc.init == "adaln_zero":
         init_adaln_zero(model)
     vae = load_vae(cfg.vae_path)
-    if cfg.model.precondition == "linear":  # a resumed run overwrites these with its own
-        model.set_latent_stats(toy_batch(vae, 64, tc.latent_frames, tc.seed, STATS_STEP).latents)
     if tc.init_from:
         warm_start(model, tc.init_from, tc.init_reset_head)
     ema = EMA(model, tc.ema_decay)
