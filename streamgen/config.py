@@ -205,6 +205,7 @@ class TrainConfig:
     paraphrase_prob: float = 0.5
     timestep_shift: float = 3.0  # training and sampling noise-level shift
     timestep_sampling: str = "uniform"  # uniform | logit_normal (before the shift)
+    loss_sigma_floor: float = 0.0  # flow MSE weight min(1, (sigma / floor)^2); see sampler.flow_loss_weight
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from .config import CacheConfig, DistillConfig, DistillRunConfig, SwitchConfig, to_yaml
 from .model import CausalWanModel, TextContext
 from .rollout import commit_chunk, generate_chunk, recache, remember_chunk
-from .sampler import (add_noise, cfg_combine, denoise_step, flow_target, shift_sigma, stable_seed, teacher_sigmas,
+from .sampler import (add_noise, cfg_combine, denoise_step, flow_loss_weight, flow_target, shift_sigma, stable_seed, teacher_sigmas,
                       timestep, x0_from_flow)
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.world import ClipSpec, sample_spec
@@ -212,12 +212,14 @@ def dmd_loss(x: torch.Tensor, direction: torch.Tensor, frame_mask: torch.Tensor 
 
 
 def critic_loss(critic: CausalWanModel, x: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
-                context: TextContext, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Flow matching of the critic on the detached student sample ``x`` (no gradient reaches the student)."""
+                context: TextContext, frame_mask: torch.Tensor | None = None, sigma_floor: float = 0.0) -> torch.Tensor:
+    """Flow matching of the critic on the detached student sample ``x`` (no gradient reaches the student),
+    weighted per sample by ``flow_loss_weight(sigma, sigma_floor)`` as the teacher was trained."""
     x = x.detach()
-    s = sigma.to(x.device).view(-1, 1, 1, 1, 1)
-    pred = critic(add_noise(x, noise, s), timestep(sigma.to(x.device)), context)
-    return masked_mean((pred.float() - flow_target(x, noise).float()) ** 2, frame_mask).mean()
+    sigma = sigma.to(x.device)
+    pred = critic(add_noise(x, noise, sigma.view(-1, 1, 1, 1, 1)), timestep(sigma), context)
+    per_sample = masked_mean((pred.float() - flow_target(x, noise).float()) ** 2, frame_mask)
+    return (flow_loss_weight(sigma.float(), sigma_floor) * per_sample).mean()
 
 
 # ---------------------------------------------------------------------------------------------

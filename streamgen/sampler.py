@@ -62,6 +62,16 @@ def flow_from_x0(x: torch.Tensor, x0: torch.Tensor, sigma, sigma_min: float = X0
     return (x.float() - x0.float()) / s
 
 
+def flow_loss_weight(sigma: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per-sample weight of the flow MSE: ``min(1, (sigma / floor)^2)``, i.e. the x0 error over
+    ``max(sigma, floor)^2`` (the min-SNR idea, Hang et al. 2023). The flow MSE weighs x0 errors by
+    ``1 / sigma^2``; for an x0-predicting head, a sample near sigma 0 then outweighs the rest of its
+    batch hundreds of times and gradient clipping trains on it alone. ``floor = 0``: plain flow matching."""
+    if floor <= 0:
+        return torch.ones_like(sigma)
+    return (sigma / floor).clamp(max=1.0).square()
+
+
 def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Training target of flow matching."""
     return noise - x0

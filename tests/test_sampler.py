@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from streamgen.sampler import (add_noise, denoise_step, few_step_sigmas, flow_from_x0, flow_target, seeded_noise,
-                              shift_sigma, teacher_sigmas, x0_from_flow)
+from streamgen.sampler import (add_noise, denoise_step, few_step_sigmas, flow_from_x0, flow_loss_weight, flow_target,
+                              seeded_noise, shift_sigma, teacher_sigmas, x0_from_flow)
 
 
 @pytest.mark.parametrize("n,shift", [(10, 5.0), (30, 3.0), (5, 1.0)])
@@ -79,3 +79,16 @@ def test_flow_from_x0_inverts_x0_from_flow():
     back = x0_from_flow(xt, flow_from_x0(xt, x0, 0.01), 0.01)
     assert torch.allclose(back, xt + 0.2 * (x0 - xt), atol=1e-5)
     assert torch.isfinite(flow_from_x0(x0, x0 + 1, 0.0)).all()
+
+
+def test_flow_loss_weight_is_the_x0_error_over_the_floored_sigma():
+    """Weighted flow MSE of an x0 prediction == x0 MSE / max(sigma, floor)^2 (for sigma above the x0 clip)."""
+    x0, noise, x0_hat = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 4, 2, 4, 4), torch.randn(3, 4, 2, 4, 4)
+    sigma = torch.tensor([0.06, 0.2, 0.9])
+    s = sigma.view(-1, 1, 1, 1, 1)
+    xt = add_noise(x0, noise, s)
+    flow_mse = (flow_from_x0(xt, x0_hat, s) - flow_target(x0, noise)).square().flatten(1).mean(1)
+    x0_mse = (x0_hat - x0).square().flatten(1).mean(1)
+    w = flow_loss_weight(sigma, 0.3)
+    assert torch.allclose(w * flow_mse, x0_mse / sigma.clamp_min(0.3).square(), rtol=1e-4)
+    assert torch.equal(flow_loss_weight(sigma, 0.0), torch.ones(3))

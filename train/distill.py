@@ -193,7 +193,8 @@ def main(argv=None) -> None:
             sigma = D.sample_sigmas(B, d.min_timestep, d.max_timestep, d.timestep_shift, g).to(dev)
             eps = torch.randn(x.shape, generator=g).to(dev, x.dtype)
             with acc.autocast():
-                loss = D.critic_loss(critic, x, eps, sigma, critic.encode_context(states[prompt]), mask)
+                loss = D.critic_loss(critic, x, eps, sigma, critic.encode_context(states[prompt]), mask,
+                                     cfg.train.loss_sigma_floor)
             finite_or_raise(loss, step)
             (loss / len(windows)).backward()
             c_loss += loss.item() / len(windows)
