@@ -52,7 +52,6 @@ def main(argv=None) -> None:
     model = CausalWanModel(cfg.model)
     if tc.init == "adaln_zero":
         init_adaln_zero(model)
-    vae = load_vae(cfg.vae_path)
     if tc.init_from:
         warm_start(model, tc.init_from, tc.init_reset_head)
     ema = EMA(model, tc.ema_decay)
@@ -62,6 +61,7 @@ def main(argv=None) -> None:
     run.resume()
     acc = run.accelerator
     model, opt = acc.prepare(model, opt)
+    vae = load_vae(cfg.vae_path)
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
     if run.is_main:
         n = sum(p.numel() for p in model.parameters())
