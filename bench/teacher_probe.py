@@ -65,7 +65,6 @@ def grid(model, vae, text, latent_frames: int, shift: float, path: str, prompts:
          guidance: float = 4.0) -> None:
     import imageio.v3 as iio
 
-    h = w = None
     uncond = model.encode_context(text.encode([""]))
     rows = []
     n = pixel_frames(latent_frames, vae.temporal)

@@ -218,7 +218,14 @@ def critic_loss(critic: CausalWanModel, x: torch.Tensor, noise: torch.Tensor, si
     x = x.detach()
     sigma = sigma.to(x.device)
     pred = critic(add_noise(x, noise, sigma.view(-1, 1, 1, 1, 1)), timestep(sigma), context)
-    per_sample = masked_mean((pred.float() - flow_target(x, noise).float()) ** 2, frame_mask)
+    return flow_matching_loss(pred, x, noise, sigma, sigma_floor, frame_mask)
+
+
+def flow_matching_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
+                       sigma_floor: float = 0.0, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow MSE of ``pred`` against ``noise - x0``, per sample weighted by ``flow_loss_weight`` (the
+    teacher's loss and the critic's)."""
+    per_sample = masked_mean((pred.float() - flow_target(x0, noise).float()) ** 2, frame_mask)
     return (flow_loss_weight(sigma.float(), sigma_floor) * per_sample).mean()
 
 

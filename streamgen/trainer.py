@@ -55,29 +55,23 @@ class EMA:
             e.lerp_(p.detach(), 1.0 - decay)
 
 
-def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False) -> list[str]:
-    """Load ``source``'s weights (EMA preferred) into ``model`` for a fresh run; returns the keys the
-    source lacked (kept at their init; at most half of them). Other mismatches are errors."""
-    from safetensors.torch import load_file
+def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False) -> Path:
+    """Load ``source``'s weights (EMA preferred, strictly, as ``distill.load_weights``) into ``model`` for
+    a fresh run; with ``reset_head`` the output projection restarts at zero. Returns the file loaded."""
+    from .distill import load_weights
+    from .loaders import CheckpointFormatError
 
-    from .distill import resolve_weights
-
-    sd = load_file(str(resolve_weights(source, "ema")))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    shapes = [k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape]
-    if unexpected or shapes or len(missing) > len(expected) // 2:
-        raise ValueError(f"train.init_from={source!r} does not fit this model: unexpected keys {unexpected[:5]}, "
-                         f"shape mismatches {shapes[:5]}, {len(missing)} of {len(expected)} keys missing; "
-                         "check that model.* matches the run it came from")
-    model.load_state_dict(sd, strict=False)
+    try:
+        path = load_weights(model, source, "ema")
+    except CheckpointFormatError as e:
+        raise ValueError(f"train.init_from={source!r} does not fit this model (check that model.* matches the "
+                         f"run it came from): {e}") from e
     if reset_head:
         with torch.no_grad():
             model.proj_out.weight.zero_()
             model.proj_out.bias.zero_()
-    print(f"warm start from {source}: kept init for {missing or 'no keys'}" + (", output head zeroed" if reset_head else ""))
-    return missing
+    print(f"warm start from {path}" + (", output head zeroed" if reset_head else ""))
+    return path
 
 
 def warmup_lambda(warmup: int) -> Callable[[int], float]:

@@ -57,7 +57,7 @@ def test_warm_start_loads_the_body_and_resets_the_head(tmp_path):
     src = randomize_(CausalWanModel(TINY_CONFIGS["tiny_a"]), seed=5)
     save_file(src.state_dict(), str(tmp_path / "transformer.safetensors"))
     dst = CausalWanModel(CFG)
-    assert warm_start(dst, str(tmp_path), reset_head=True) == []
+    assert warm_start(dst, str(tmp_path), reset_head=True) == tmp_path / "transformer.safetensors"
     assert torch.equal(dst.blocks[1].ffn.net[2].weight, src.blocks[1].ffn.net[2].weight)
     assert not dst.proj_out.weight.any() and not dst.proj_out.bias.any()
     with pytest.raises(ValueError, match="train.init_from"):

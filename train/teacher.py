@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
+from streamgen.distill import flow_matching_loss  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
-from streamgen.sampler import add_noise, flow_loss_weight, flow_target, shift_sigma, stable_seed, timestep  # noqa: E402
+from streamgen.sampler import add_noise, shift_sigma, stable_seed, timestep  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
@@ -77,8 +78,7 @@ def main(argv=None) -> None:
         states = text.encode(batch.captions).to(acc.device)
         with acc.autocast():
             pred = model(xt, timestep(sigma), states)
-        per_sample = (pred.float() - flow_target(x0, noise)).square().mean(dim=(1, 2, 3, 4))
-        loss = (flow_loss_weight(sigma, tc.loss_sigma_floor) * per_sample).mean()
+        loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor)
         return optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step)
 
     def eval_fn(step: int) -> dict:
