@@ -201,6 +201,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # no | bf16 (accelerate)
     latent_frames: int = 4  # clip length in latent frames (1 + 4 * (n - 1) pixel frames)
+    # Joint image-video training (as Wan): every ``image_every``-th step trains on still first frames
+    # (one latent frame) of ``batch_size * latent_frames`` clips, the same token count as a video step.
+    # Colour, shape and object size are image properties; a still step sees 4x the clips. 0 = off.
+    image_every: int = 0
     caption_dropout: float = 0.1  # empty prompt, for classifier-free guidance
     paraphrase_prob: float = 0.5
     timestep_shift: float = 3.0  # training and sampling noise-level shift
@@ -224,6 +228,8 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.timestep_sampling not in ("uniform", "logit_normal"):
             raise ConfigError(f"train.timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
+        if self.image_every < 0 or self.image_every == 1:
+            raise ConfigError(f"train.image_every must be 0 (off) or >= 2 (every n-th step), got {self.image_every}")
         if self.init not in ("adaln_zero", "diffusers"):
             raise ConfigError(f"train.init must be adaln_zero or diffusers, got {self.init!r}")
 

@@ -31,3 +31,11 @@ def test_invalid_value_is_an_error():
         load_config(["configs/tiny.yaml"], ["cache.window_frames=5"])
     with pytest.raises(ConfigError, match="num_layers"):
         load_config([], ["model.num_layers=abc"])
+
+
+def test_image_every_must_be_off_or_a_period():
+    from streamgen.config import TeacherRunConfig
+
+    with pytest.raises(ConfigError, match="train.image_every"):
+        load_config(["configs/teacher_toy.yaml"], ["train.image_every=1"], schema=TeacherRunConfig)
+    assert load_config(["configs/teacher_toy.yaml"], ["train.image_every=3"], schema=TeacherRunConfig).train.image_every == 3

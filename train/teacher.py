@@ -35,6 +35,11 @@ def sample_sigmas(n: int, shift: float, g: torch.Generator, kind: str = "uniform
     return shift_sigma(u, shift)
 
 
+def is_image_step(step: int, image_every: int) -> bool:
+    """Whether ``step`` trains on still frames (``train.image_every``); depends on the step only, so resume is exact."""
+    return image_every > 0 and step % image_every == image_every - 1
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", default=[], help="YAML config (repeatable)")
@@ -69,7 +74,9 @@ def main(argv=None) -> None:
         print(f"teacher: {n / 1e6:.2f}M parameters, {acc.num_processes} process(es), resuming at step {run.step}")
 
     def step_fn(step: int) -> dict:
-        batch = toy_batch(vae, tc.batch_size, tc.latent_frames, tc.seed, step, run.rank, tc.caption_dropout, tc.paraphrase_prob)
+        image = is_image_step(step, tc.image_every)
+        size, frames = (tc.batch_size * tc.latent_frames, 1) if image else (tc.batch_size, tc.latent_frames)
+        batch = toy_batch(vae, size, frames, tc.seed, step, run.rank, tc.caption_dropout, tc.paraphrase_prob)
         g = torch.Generator().manual_seed(stable_seed(tc.seed, step, run.rank, 1))
         x0 = batch.latents.to(acc.device)
         noise = torch.randn(x0.shape, generator=g).to(acc.device)
@@ -79,7 +86,7 @@ def main(argv=None) -> None:
         with acc.autocast():
             pred = model(xt, timestep(sigma), states)
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor)
-        return optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step)
+        return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image)}
 
     def eval_fn(step: int) -> dict:
         from streamgen.eval_suite import teacher_eval
