@@ -197,6 +197,11 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 500
+    # Cool-down (0 = constant LR after warm-up): linear from ``lr_decay_start`` to ``lr * lr_min_ratio``
+    # over ``lr_decay_steps``.
+    lr_decay_start: int = 0
+    lr_decay_steps: int = 2000
+    lr_min_ratio: float = 0.05
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # no | bf16 (accelerate)

@@ -74,8 +74,18 @@ def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False) ->
     return path
 
 
-def warmup_lambda(warmup: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / max(warmup, 1))
+def warmup_lambda(warmup: int, decay_start: int = 0, decay_steps: int = 0, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup`` steps, constant, then (``decay_start`` > 0) a linear
+    cool-down to ``min_ratio`` over ``decay_steps`` (warmup-stable-decay: a long run can be cooled down
+    for export at any point without having fixed its length in advance)."""
+
+    def factor(step: int) -> float:
+        f = min(1.0, (step + 1) / max(warmup, 1))
+        if decay_start > 0 and step >= decay_start:
+            f *= max(min_ratio, 1.0 - (1.0 - min_ratio) * (step - decay_start) / max(decay_steps, 1))
+        return f
+
+    return factor
 
 
 class Run:

@@ -150,3 +150,13 @@ def test_teacher_noise_levels(kind, above_095, below_03):
     assert 0 < float(s.min()) and float(s.max()) < 1
     assert abs(float((s > 0.95).float().mean()) - above_095) < 0.005
     assert abs(float((s < 0.3).float().mean()) - below_03) < 0.005
+
+
+def test_lr_schedule_warmup_stable_decay():
+    from streamgen.trainer import warmup_lambda
+
+    f = warmup_lambda(10, decay_start=100, decay_steps=50, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(99) == 1.0
+    assert f(125) == pytest.approx(1 - 0.9 * 25 / 50)  # halfway down the linear cool-down
+    assert f(150) == pytest.approx(0.1) and f(10_000) == pytest.approx(0.1)
+    assert warmup_lambda(10)(10_000) == 1.0  # no decay configured: constant

@@ -79,8 +79,8 @@ def main(argv=None) -> None:
     betas = tuple(d.betas)
     opt_g = torch.optim.AdamW(gen.parameters(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=d.lr_critic, betas=betas, weight_decay=tc.weight_decay)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, warmup_lambda(tc.warmup_steps))
-    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, warmup_lambda(tc.warmup_steps))
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, warmup_lambda(tc.warmup_steps, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min_ratio))
+    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, warmup_lambda(tc.warmup_steps, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min_ratio))
     run = Run(tc, cfg, {"generator": gen, "critic": critic, "ema": ema.module},
               {"generator": opt_g, "critic": opt_c}, {"generator": sched_g, "critic": sched_c})
     if not run.resume() and d.init_generator:

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
         warm_start(model, tc.init_from, tc.init_reset_head)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(tc.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(tc.warmup_steps, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min_ratio))
     run = Run(tc, cfg, {"model": model, "ema": ema.module}, {"model": opt}, {"model": sched})
     run.resume()
     acc = run.accelerator
