@@ -119,11 +119,14 @@ class Run:
         for name, opt in self.optimizers.items():
             if name not in fresh:
                 opt.load_state_dict(state[f"optim_{name}"])
+        self.step = int(state["step"])
         for name, sch in self.schedulers.items():
             if f"sched_{name}" in state:
                 sch.load_state_dict(state[f"sched_{name}"])
-        self.step = int(state["step"])
-        if fresh and self.is_main:  # a weights-only snapshot (train/snapshot.py): Adam restarts, LR re-warms
+            else:  # a weights-only snapshot: the LR schedule is a function of the global step, not of the restart
+                sch.last_epoch = self.step - 1
+                sch.step()
+        if fresh and self.is_main:  # a weights-only snapshot (train/snapshot.py): Adam restarts
             print(f"{ckpt} holds no optimizer state for {fresh}: continuing from the weights with fresh optimizer "
                   "moments (not bit-exact)", flush=True)
         self.log_line({"event": "resumed", "from": str(ckpt), "step": self.step, "fresh_optimizers": fresh})

@@ -113,9 +113,12 @@ def test_weights_only_snapshot_restores_and_training_continues(setup, tmp_path):
     for args in (("save", run_dir, snap), ("restore", snap, resumed)):
         subprocess.run([sys.executable, str(ROOT / "train" / "snapshot.py"), *map(str, args)], env=ENV, check=True, timeout=120)
     assert not any("optim" in k for k in __import__("torch").load(snap / "step_0000004" / "state.pt", weights_only=True))
-    r = subprocess.run(cmd(setup, resumed, 6), env=ENV, capture_output=True, text=True, timeout=300)
+    # a cool-down that started at step 3: the restored run continues it (LR of the global step)
+    decay = ["train.lr_decay_start=3", "train.lr_decay_steps=4", "train.lr_min_ratio=0.5"]
+    r = subprocess.run(cmd(setup, resumed, 6) + decay, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "fresh optimizer" in r.stdout, r.stderr[-2000:]
     assert sorted(losses(resumed)) == [5, 6]  # continued from step 4
+    assert flags(resumed, "lr") == pytest.approx({5: 3e-4 * 0.75, 6: 3e-4 * 0.625})
 
 
 def test_ema_warmup_tracks_early_weights():
