@@ -12,8 +12,8 @@ variance 0.07; samples full of 8x8 block noise). Also the PSNR of the decoded x0
 
 ``--sdedit`` finds the noise band where generation breaks: training clips are noised to a start
 level and sampled from there (Euler, CFG) to the end; the detector scores the decoded clips against
-their captions. Start 0 is the ground truth; start 1 is plain generation. (Run 6 at step 10000:
-presence 1.0 / 0.97 / 0.67 / 0.37 from 0.3 / 0.5 / 0.7 / 0.9: objects are lost between 0.6 and 0.95.)
+their captions. Start 0 is the ground truth; start 1 is plain generation. (Run 6 at step 11000, CFG 2:
+presence 1.0 / 0.93 / 0.71 / 0.39 from 0.3 / 0.5 / 0.7 / 0.9: objects are lost between 0.6 and 0.95.)
 """
 from __future__ import annotations
 
