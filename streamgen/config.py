@@ -227,6 +227,9 @@ class TrainConfig:
     # init. ``init_reset_head`` zeroes the output projection again (for a changed model.prediction).
     init_from: str = ""
     init_reset_head: bool = False
+    # ``init_from`` a shallower run (same width): its blocks spread over this model's, the others start as
+    # identity blocks, so training continues from the same function with more depth (trainer.grow_from).
+    init_grow: bool = False
 
     def validate(self) -> None:
         if self.mixed_precision not in ("no", "bf16", "fp16"):

@@ -55,12 +55,61 @@ class EMA:
             e.lerp_(p.detach(), 1.0 - decay)
 
 
-def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False) -> Path:
+def grown_block_positions(source_blocks: int, target_blocks: int) -> list[int]:
+    """Where the source's blocks go in a deeper model: spread evenly, in order (block ``i`` of ``n`` at
+    ``floor(i * m / n)``); the other positions get new identity blocks."""
+    if not 0 < source_blocks <= target_blocks:
+        raise ValueError(f"cannot grow {source_blocks} blocks into {target_blocks}")
+    return [i * target_blocks // source_blocks for i in range(source_blocks)]
+
+
+def grow_from(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[int]:
+    """Load a shallower model's ``state`` into ``model`` (same width) and make the remaining blocks identity
+    maps (zero output projections of self-attention, cross-attention and feed-forward), so the grown
+    model computes exactly what the source did and the new blocks start learning from there. Returns the
+    positions of the new blocks."""
+    n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    pos = grown_block_positions(n, len(model.blocks))
+    mapped = {}
+    for k, v in state.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            k = f"blocks.{pos[int(i)]}.{rest}"
+        mapped[k] = v
+    new = [i for i in range(len(model.blocks)) if i not in pos]
+    try:
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+    except RuntimeError as e:  # tensor shapes differ: another width, heads or channels
+        raise ValueError(f"train.init_grow: the source does not fit this model apart from its depth: {e}") from e
+    stray = [k for k in missing if not any(k.startswith(f"blocks.{i}.") for i in new)]
+    if stray or unexpected:
+        raise ValueError(f"train.init_grow: the source does not fit this model apart from its depth "
+                         f"(missing {stray[:4]}, unexpected {unexpected[:4]}); check model.* other than num_layers")
+    with torch.no_grad():
+        for i in new:
+            blk = model.blocks[i]
+            # The adaLN gates add the shared timestep modulation, so zeroing the block's own table would not
+            # close them; zero the last projection of each residual branch instead.
+            for out in (blk.attn1.to_out[0], blk.attn2.to_out[0], blk.ffn.net[2]):
+                out.weight.zero_()
+                out.bias.zero_()
+    return new
+
+
+def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False, grow: bool = False) -> Path:
     """Load ``source``'s weights (EMA preferred, strictly, as ``distill.load_weights``) into ``model`` for
-    a fresh run; with ``reset_head`` the output projection restarts at zero. Returns the file loaded."""
-    from .distill import load_weights
+    a fresh run; with ``reset_head`` the output projection restarts at zero; with ``grow`` the source may
+    have fewer blocks (``grow_from``). Returns the file loaded."""
+    from .distill import load_weights, resolve_weights
     from .loaders import CheckpointFormatError
 
+    if grow:
+        from safetensors.torch import load_file
+
+        path = resolve_weights(source, "ema")
+        new = grow_from(model, load_file(str(path)))
+        print(f"warm start from {path}: new identity blocks at {new}")
+        return path
     try:
         path = load_weights(model, source, "ema")
     except CheckpointFormatError as e:

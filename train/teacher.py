@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     if tc.init == "adaln_zero":
         init_adaln_zero(model)
     if tc.init_from:
-        warm_start(model, tc.init_from, tc.init_reset_head)
+        warm_start(model, tc.init_from, tc.init_reset_head, tc.init_grow)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(tc.warmup_steps, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min_ratio))
