@@ -103,23 +103,23 @@ def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False, gr
     from .distill import load_weights, resolve_weights
     from .loaders import CheckpointFormatError
 
+    note = ""
     if grow:
         from safetensors.torch import load_file
 
         path = resolve_weights(source, "ema")
-        new = grow_from(model, load_file(str(path)))
-        print(f"warm start from {path}: new identity blocks at {new}")
-        return path
-    try:
-        path = load_weights(model, source, "ema")
-    except CheckpointFormatError as e:
-        raise ValueError(f"train.init_from={source!r} does not fit this model (check that model.* matches the "
-                         f"run it came from): {e}") from e
+        note = f", new identity blocks at {grow_from(model, load_file(str(path)))}"
+    else:
+        try:
+            path = load_weights(model, source, "ema")
+        except CheckpointFormatError as e:
+            raise ValueError(f"train.init_from={source!r} does not fit this model (check that model.* matches the "
+                             f"run it came from): {e}") from e
     if reset_head:
         with torch.no_grad():
             model.proj_out.weight.zero_()
             model.proj_out.bias.zero_()
-    print(f"warm start from {path}" + (", output head zeroed" if reset_head else ""))
+    print(f"warm start from {path}{note}" + (", output head zeroed" if reset_head else ""))
     return path
 
 

@@ -38,6 +38,9 @@ def test_grown_model_equals_source_and_new_blocks_learn(tmp_path):
     big(x, t, text).pow(2).mean().backward()
     new = [i for i in range(len(big.blocks)) if i not in grown_block_positions(small.num_layers, len(big.blocks))]
     assert all(big.blocks[i].ffn.net[2].weight.grad.abs().sum() > 0 for i in new)
+    # growing and resetting the head combine (a grown model with a new output parameterisation)
+    warm_start(big, str(tmp_path), reset_head=True, grow=True)
+    assert not big.proj_out.weight.any() and not big.proj_out.bias.any()
 
 
 def test_grow_rejects_a_source_of_another_width(tmp_path):
