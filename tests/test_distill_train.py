@@ -140,3 +140,27 @@ def test_dmd_two_processes_kill_and_resume_repeats_the_uninterrupted_run(setup):
     cfg = load_config([export / "config.yaml"])
     load_wan_weights(CausalWanModel(cfg.model), export / "transformer.safetensors")
     assert cfg.cache.window_frames == 3 and (export / "vae" / "config.json").is_file()
+
+
+def test_export_default_writes_a_model_card_and_float16_weights_the_pipeline_loads(setup, tmp_path):
+    root = setup.parent
+    student = root / "ref" / "student"
+    if not student.is_dir():  # run alone: make the student the DMD test makes
+        assert launch("distill", ["--config", str(setup), f"train.run_dir={root / 'ref'}"]) == [0, 0]
+    out = tmp_path / "default"
+    _script("export_default").main(["--student", str(student), "--out", str(out), "--prompts", "1",
+                                    "--seconds", "0.5", "--long-seconds", "0", "--about", "smoke run"])
+    card = (out / "README.md").read_text()
+    for row in ("train/canonical", "train/paraphrase", "heldout/canonical", "switch (1 attribute)", "smoke run"):
+        assert row in card
+    # the tiny student's VAE is not assets/vae, so it travels with the weights
+    assert (out / "vae" / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    from streamgen.pipeline import StreamingPipeline
+
+    assert all(v.dtype == torch.float16 for v in load_file(str(out / "transformer.safetensors")).values())
+    ref, got = StreamingPipeline.from_pretrained(student), StreamingPipeline.from_pretrained(out)
+    assert got.config == ref.config
+    for (k, a), (_, b) in zip(ref.model.state_dict().items(), got.model.state_dict().items()):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-4), k  # float16 rounding only
