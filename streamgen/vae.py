@@ -251,8 +251,99 @@ class PCAVideoVAE(VideoVAE):
         return vae.eval()
 
 
+# ---------------------------------------------------------------------------------------------
+# PCA encoder + learned nonlinear decoder
+# ---------------------------------------------------------------------------------------------
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(nn.functional.gelu(self.conv1(nn.functional.gelu(x))))
+
+
+class PatchRefiner(nn.Module):
+    """Nonlinear correction of the PCA decode of one latent frame.
+
+    A linear decoder turns every latent error into pixel noise in its 8x8 patch (the colour mosaic a
+    DiT's imperfect latents decode to). This network reads a neighbourhood of latents (3x3 convs at
+    latent resolution) and writes a per-pixel residual for each patch (a 1x1 conv to ``3 t s s``
+    values, unpatched like the PCA decode). It sees one latent frame, so streaming decode stays exact.
+    The first latent frame (one pixel frame, its own PCA basis) has its own input and output layers.
+    """
+
+    def __init__(self, z_dim: int, width: int = 128, depth: int = 4, spatial: int = 8, temporal: int = 4):
+        super().__init__()
+        self.width, self.depth = width, depth
+        self.inp = nn.ModuleList([nn.Conv2d(z_dim, width, 3, padding=1) for _ in range(2)])
+        self.blocks = nn.Sequential(*[_ResBlock(width) for _ in range(depth)])
+        self.out = nn.ModuleList([nn.Conv2d(width, 3 * t * spatial * spatial, 1) for t in (1, temporal)])
+        for o in self.out:  # starts as the PCA decoder
+            nn.init.zeros_(o.weight), nn.init.zeros_(o.bias)
+
+    def forward(self, z: torch.Tensor, first: bool) -> torch.Tensor:
+        """``z [B, z, f, h, w]`` -> patch residuals ``[B, f, h, w, 3 t s s]``."""
+        b, c, f, h, w = z.shape
+        x = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        y = self.out[int(not first)](self.blocks(self.inp[int(not first)](x)))
+        return y.reshape(b, f, -1, h, w).permute(0, 1, 3, 4, 2)
+
+
+class RefinedPCAVAE(PCAVideoVAE):
+    """``PCAVideoVAE``'s encoder and latents with a learned decoder: PCA decode + ``PatchRefiner`` residual.
+
+    The latent space is the PCA one unchanged (a DiT trained on ``PCAVideoVAE`` latents uses it as is);
+    only the decoder is trained (``train/fit_refiner.py``), on latents with added noise so that it maps
+    imperfect latents to clean flat-colour frames.
+    """
+
+    def __init__(self, z_dim: int = 64, scale_power: float = 0.5, width: int = 128, depth: int = 4):
+        super().__init__(z_dim, scale_power)
+        self.refiner = PatchRefiner(z_dim, width, depth, self.spatial, self.temporal)
+
+    @classmethod
+    def from_pca(cls, pca: PCAVideoVAE, width: int = 128, depth: int = 4) -> "RefinedPCAVAE":
+        vae = cls(pca.z_dim, pca.scale_power, width, depth)
+        vae.load_state_dict(pca.state_dict(), strict=False)
+        return vae
+
+    def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
+        t = 1 if first else self.temporal
+        mean, basis, scale = self._group(first)
+        p = (latents.permute(0, 2, 3, 4, 1) * scale) @ basis + mean + self.refiner(latents, first)
+        return _unpatches(p, t, self.spatial)
+
+    def decode_train(self, latents: torch.Tensor) -> torch.Tensor:
+        """Whole-clip decode with gradients (``decode`` runs without)."""
+        parts = [self._decode_group(latents[:, :, :1], first=True)]
+        if latents.shape[2] > 1:
+            parts.append(self._decode_group(latents[:, :, 1:], first=False))
+        return torch.cat(parts, dim=2)
+
+    def save(self, directory: str | Path) -> None:
+        super().save(directory)
+        d = Path(directory)
+        (d / "config.json").write_text(json.dumps({"type": "pca_refined", "z_dim": self.z_dim, "scale_power": self.scale_power,
+                                                   "width": self.refiner.width, "depth": self.refiner.depth}, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "RefinedPCAVAE":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg = json.loads((d / "config.json").read_text())
+        if cfg.get("type") != "pca_refined":
+            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not 'pca_refined'")
+        vae = cls(cfg["z_dim"], cfg["scale_power"], cfg["width"], cfg["depth"])
+        vae.load_state_dict(load_file(str(d / "vae.safetensors")))
+        return vae.eval()
+
+
 def load_vae(path: str | Path) -> VideoVAE:
-    """A PCA VAE directory (``config.json`` type 'pca') or a diffusers AutoencoderKLWan directory."""
+    """A PCA VAE directory (``config.json`` type 'pca' or 'pca_refined') or a diffusers AutoencoderKLWan directory."""
     d = Path(path)
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
@@ -260,6 +351,8 @@ def load_vae(path: str | Path) -> VideoVAE:
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("type") == "pca":
         return PCAVideoVAE.load(d)
+    if cfg.get("type") == "pca_refined":
+        return RefinedPCAVAE.load(d)
     if cfg.get("_class_name") == "AutoencoderKLWan":
         return WanVAE.from_pretrained(d)
-    raise ValueError(f"{cfg_path} is neither a PCA VAE nor a diffusers AutoencoderKLWan config")
+    raise ValueError(f"{cfg_path} is neither a PCA VAE ('pca', 'pca_refined') nor a diffusers AutoencoderKLWan config")

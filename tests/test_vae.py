@@ -110,3 +110,33 @@ def test_pca_latent_scale_power(power, tmp_path):
     again = PCAVideoVAE.load(tmp_path)
     assert again.scale_power == power
     torch.testing.assert_close(again.encode(clips), vae.encode(clips))
+
+
+def test_refined_pca_vae_starts_as_pca_streams_exactly_and_round_trips(tmp_path):
+    """The learned decoder starts as the PCA decode (zero-initialised output), decodes each latent frame on
+    its own (streaming equals whole-clip decode, with trained-like random weights), keeps the PCA encoder,
+    and loads back through load_vae."""
+    from streamgen.vae import RefinedPCAVAE
+
+    clips = _toy_clips(64)
+    pca = PCAVideoVAE(z_dim=48)
+    pca.fit(clips)
+    vae = RefinedPCAVAE.from_pca(pca, width=16, depth=1)
+    z = vae.encode(clips[:3])
+    assert torch.equal(z, pca.encode(clips[:3]))
+    assert torch.equal(vae.decode(z), pca.decode(z))
+    torch.manual_seed(0)
+    for o in vae.refiner.out:
+        torch.nn.init.normal_(o.weight, std=0.05)
+    whole = vae.decode(z)
+    assert (whole - pca.decode(z)).abs().max() > 1e-2  # the refiner now acts
+    assert torch.allclose(vae.decode_train(z), whole, atol=1e-6)
+    dec = vae.stream_decoder()
+    streamed = torch.cat([dec.decode(z[:, :, :1]), dec.decode(z[:, :, 1:2]), dec.decode(z[:, :, 2:])], dim=2)
+    assert (streamed - whole).abs().max().item() <= 1e-5
+    vae.save(tmp_path / "vae")
+    again = load_vae(tmp_path / "vae")
+    assert type(again) is RefinedPCAVAE and torch.equal(again.decode(z), whole)
+    pca.save(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not 'pca_refined'"):
+        RefinedPCAVAE.load(tmp_path / "plain")
