@@ -215,6 +215,7 @@ class TrainConfig:
     timestep_shift: float = 3.0  # training and sampling noise-level shift
     timestep_sampling: str = "uniform"  # uniform | logit_normal (before the shift)
     loss_sigma_floor: float = 0.0  # flow MSE weight min(1, (sigma / floor)^2); see sampler.flow_loss_weight
+    foreground_boost: float = 0.0  # flow MSE weight 1 + boost on object positions (sampler.foreground_weight); 0 = off
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -238,6 +239,8 @@ class TrainConfig:
             raise ConfigError(f"train.timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
         if self.image_every < 0 or self.image_every == 1:
             raise ConfigError(f"train.image_every must be 0 (off) or >= 2 (every n-th step), got {self.image_every}")
+        if self.foreground_boost < 0:
+            raise ConfigError(f"train.foreground_boost must be >= 0 (0 = plain MSE), got {self.foreground_boost}")
         if self.init not in ("adaln_zero", "diffusers"):
             raise ConfigError(f"train.init must be adaln_zero or diffusers, got {self.init!r}")
 

@@ -222,10 +222,12 @@ def critic_loss(critic: CausalWanModel, x: torch.Tensor, noise: torch.Tensor, si
 
 
 def flow_matching_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
-                       sigma_floor: float = 0.0, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+                       sigma_floor: float = 0.0, frame_mask: torch.Tensor | None = None,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
     """Flow MSE of ``pred`` against ``noise - x0``, per sample weighted by ``flow_loss_weight`` (the
-    teacher's loss and the critic's)."""
-    per_sample = masked_mean((pred.float() - flow_target(x0, noise).float()) ** 2, frame_mask)
+    teacher's loss and the critic's); ``weight`` (broadcast to ``x0``, e.g. ``foreground_weight``) weighs positions."""
+    err = (pred.float() - flow_target(x0, noise).float()) ** 2
+    per_sample = masked_mean(err if weight is None else err * weight, frame_mask)
     return (flow_loss_weight(sigma.float(), sigma_floor) * per_sample).mean()
 
 

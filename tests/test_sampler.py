@@ -92,3 +92,48 @@ def test_flow_loss_weight_is_the_x0_error_over_the_floored_sigma():
     w = flow_loss_weight(sigma, 0.3)
     assert torch.allclose(w * flow_mse, x0_mse / sigma.clamp_min(0.3).square(), rtol=1e-4)
     assert torch.equal(flow_loss_weight(sigma, 0.0), torch.ones(3))
+
+
+def test_foreground_weight_marks_the_rendered_object_patches():
+    """The latent-space foreground (distance to the frame's median latent) is the set of 8x8 (x4 frames)
+    patches in which the renderer drew object pixels; weights are 1 + boost there, 1 elsewhere, mean 1."""
+    import numpy as np
+
+    from streamgen.data import frames_to_tensor
+    from streamgen.sampler import foreground_weight
+    from streamgen.toyworld.render import render_batch
+    from streamgen.toyworld.world import sample_spec
+    from streamgen.vae import load_vae
+
+    vae = load_vae("assets/vae")
+    rng = np.random.default_rng(3)
+    specs = [sample_spec(rng, "train") for _ in range(6)]
+    frames = render_batch(specs, 13)  # [N, 13, 128, 128, 3]
+    x0 = vae.encode(frames_to_tensor(frames))
+    w = foreground_weight(x0, boost=9.0)
+    assert w.shape == (6, 1, 4, 16, 16)
+    torch.testing.assert_close(w.flatten(1).mean(1), torch.ones(6))
+    # reference from pixels: a patch is foreground if any of its pixels differs from the background colour
+    bg = np.array([frames[i, 0, 0, 0] for i in range(6)])[:, None, None, None]
+    obj = torch.from_numpy((frames != bg).any(-1))  # [N, 13, 128, 128]
+    groups = [obj[:, :1]] + [obj[:, 1 + 4 * k : 5 + 4 * k] for k in range(3)]
+    ref = torch.stack([g.any(1).reshape(6, 16, 8, 16, 8).any(4).any(2) for g in groups], dim=1)  # [N, 4, 16, 16]
+    fg = w[:, 0] > w[:, 0].amin(dim=(1, 2, 3), keepdim=True) * 1.5
+    assert 0.01 < ref.float().mean() < 0.2
+    assert torch.equal(fg, ref)
+    ratio = w[:, 0][fg] / w[:, 0].amin(dim=(1, 2, 3), keepdim=True).expand_as(fg)[fg]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 10.0))
+    assert torch.equal(foreground_weight(x0, 0.0), torch.ones_like(x0[:, :1]))
+
+
+def test_flow_matching_loss_weight_is_a_per_position_factor():
+    from streamgen.distill import flow_matching_loss
+    from streamgen.sampler import flow_target
+
+    g = torch.Generator().manual_seed(0)
+    pred, x0, noise = (torch.randn(2, 3, 2, 4, 4, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.5, 0.9])
+    w = torch.rand(2, 1, 2, 4, 4, generator=g)
+    ref = ((pred - flow_target(x0, noise)) ** 2 * w).flatten(1).mean(1).mean()
+    torch.testing.assert_close(flow_matching_loss(pred, x0, noise, sigma, weight=w), ref)
+    assert not torch.allclose(flow_matching_loss(pred, x0, noise, sigma), ref)

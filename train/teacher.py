@@ -23,7 +23,7 @@ from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
 from streamgen.distill import flow_matching_loss  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
-from streamgen.sampler import add_noise, shift_sigma, stable_seed, timestep  # noqa: E402
+from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
@@ -85,7 +85,8 @@ def main(argv=None) -> None:
         states = text.encode(batch.captions).to(acc.device)
         with acc.autocast():
             pred = model(xt, timestep(sigma), states)
-        loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor)
+        weight = foreground_weight(x0, tc.foreground_boost) if tc.foreground_boost > 0 else None
+        loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
         return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image)}
 
     def eval_fn(step: int) -> dict:
