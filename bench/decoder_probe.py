@@ -33,6 +33,21 @@ from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
 
+class TruncatedDecode:
+    """Decode with ``vae`` after zeroing every latent channel from ``keep`` on."""
+
+    def __init__(self, vae, keep: int):
+        self.vae, self.keep = vae, keep
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.clone()
+        z[:, self.keep :] = 0
+        return self.vae.decode(z)
+
+    def __getattr__(self, name):
+        return getattr(self.vae, name)
+
+
 @torch.no_grad()
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,10 +59,16 @@ def main(argv=None) -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--student", default=None, help="also stream this student model directory")
     ap.add_argument("--student-frames", type=int, default=49)
+    ap.add_argument("--truncate", type=int, action="append", default=[],
+                    help="also decode with the first VAE keeping only the first K latent channels (PCA: the coarsest "
+                         "components; the rest set to 0 = their mean): are the samples' coarse components right?")
     ap.add_argument("--seed", type=int, default=4321)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     vaes = {v: load_vae(v) for v in args.vae}
+    first = next(iter(vaes.values()))
+    for k in args.truncate:
+        vaes[f"{args.vae[0]} first {k} channels"] = TruncatedDecode(first, k)
     specs = suite_specs(args.prompts, "train", args.seed)
     rows = []
     if args.teacher:
@@ -78,6 +99,8 @@ def main(argv=None) -> None:
 
         base = StreamingPipeline.from_pretrained(args.student)
         for v, vae in vaes.items():
+            if isinstance(vae, TruncatedDecode):  # the pipeline decodes through stream_decoder
+                continue
             pipe = StreamingPipeline(base.model, vae, base.text_encoder, base.config)
             clips = [evaluate_clip(pipe.generate(canonical_caption(s), num_frames=args.student_frames, seed=args.seed + i), s).row()
                      for i, s in enumerate(specs)]
