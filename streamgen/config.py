@@ -216,6 +216,7 @@ class TrainConfig:
     timestep_sampling: str = "uniform"  # uniform | logit_normal (before the shift)
     loss_sigma_floor: float = 0.0  # flow MSE weight min(1, (sigma / floor)^2); see sampler.flow_loss_weight
     foreground_boost: float = 0.0  # flow MSE weight 1 + boost on object positions (sampler.foreground_weight); 0 = off
+    foreground_dilate: int = 0  # grow the object mask by this many latent positions (penalises colour spilt round it)
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -239,6 +240,8 @@ class TrainConfig:
             raise ConfigError(f"train.timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
         if self.image_every < 0 or self.image_every == 1:
             raise ConfigError(f"train.image_every must be 0 (off) or >= 2 (every n-th step), got {self.image_every}")
+        if self.foreground_dilate < 0:
+            raise ConfigError(f"train.foreground_dilate must be >= 0, got {self.foreground_dilate}")
         if self.foreground_boost < 0:
             raise ConfigError(f"train.foreground_boost must be >= 0 (0 = plain MSE), got {self.foreground_boost}")
         if self.init not in ("adaln_zero", "diffusers"):

@@ -124,6 +124,17 @@ def test_foreground_weight_marks_the_rendered_object_patches():
     ratio = w[:, 0][fg] / w[:, 0].amin(dim=(1, 2, 3), keepdim=True).expand_as(fg)[fg]
     torch.testing.assert_close(ratio, torch.full_like(ratio, 10.0))
     assert torch.equal(foreground_weight(x0, 0.0), torch.ones_like(x0[:, :1]))
+    # dilated: the pixel reference grown by one patch in each direction (3x3 neighbourhood, clipped at the border)
+    wd = foreground_weight(x0, boost=4.0, dilate=1)[:, 0]
+    grown = torch.zeros_like(ref)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            shifted = torch.zeros_like(ref)
+            shifted[..., max(dy, 0):16 + min(dy, 0), max(dx, 0):16 + min(dx, 0)] = \
+                ref[..., max(-dy, 0):16 + min(-dy, 0), max(-dx, 0):16 + min(-dx, 0)]
+            grown |= shifted
+    assert grown.float().mean() > 2 * ref.float().mean()
+    assert torch.equal(wd > wd.amin(dim=(1, 2, 3), keepdim=True) * 1.5, grown)
 
 
 def test_flow_matching_loss_weight_is_a_per_position_factor():

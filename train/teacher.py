@@ -85,7 +85,7 @@ def main(argv=None) -> None:
         states = text.encode(batch.captions).to(acc.device)
         with acc.autocast():
             pred = model(xt, timestep(sigma), states)
-        weight = foreground_weight(x0, tc.foreground_boost) if tc.foreground_boost > 0 else None
+        weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
         return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image)}
 
