@@ -183,11 +183,13 @@ class PCAVideoVAE(VideoVAE):
         z = (_patches(video, t, self.spatial) - mean) @ basis.T / scale
         return z.permute(0, 4, 1, 2, 3)
 
-    def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
-        t = 1 if first else self.temporal
+    def _decode_patches(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
+        """``[B, z, f, h, w]`` -> pixel patches ``[B, f, h, w, 3 t s s]``."""
         mean, basis, scale = self._group(first)
-        p = (latents.permute(0, 2, 3, 4, 1) * scale) @ basis + mean
-        return _unpatches(p, t, self.spatial)
+        return (latents.permute(0, 2, 3, 4, 1) * scale) @ basis + mean
+
+    def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
+        return _unpatches(self._decode_patches(latents, first), 1 if first else self.temporal, self.spatial)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -226,13 +228,22 @@ class PCAVideoVAE(VideoVAE):
         return stats
 
     # -- persistence -----------------------------------------------------------------------
+    config_type = "pca"  # config.json "type"
+
+    def _config(self) -> dict:
+        return {"z_dim": self.z_dim, "scale_power": self.scale_power}
+
+    @classmethod
+    def _from_config(cls, cfg: dict) -> "PCAVideoVAE":
+        return cls(cfg["z_dim"], cfg.get("scale_power", 1.0))
+
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "vae.safetensors"))
-        (d / "config.json").write_text(json.dumps({"type": "pca", "z_dim": self.z_dim, "scale_power": self.scale_power}, indent=2))
+        (d / "config.json").write_text(json.dumps({"type": self.config_type, **self._config()}, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "PCAVideoVAE":
@@ -240,9 +251,9 @@ class PCAVideoVAE(VideoVAE):
 
         d = Path(directory)
         cfg = json.loads((d / "config.json").read_text())
-        if cfg.get("type") != "pca":
-            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not 'pca'")
-        vae = cls(cfg["z_dim"], cfg.get("scale_power", 1.0))
+        if cfg.get("type") != cls.config_type:
+            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not {cls.config_type!r}")
+        vae = cls._from_config(cfg)
         state = load_file(str(d / "vae.safetensors"))
         if "first_scale" not in state or state["scale"].dim() != 1:
             raise ValueError(f"{d} holds a PCA VAE with one global latent scale (the old format); latents now have "
@@ -310,11 +321,8 @@ class RefinedPCAVAE(PCAVideoVAE):
         vae.load_state_dict(pca.state_dict(), strict=False)
         return vae
 
-    def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
-        t = 1 if first else self.temporal
-        mean, basis, scale = self._group(first)
-        p = (latents.permute(0, 2, 3, 4, 1) * scale) @ basis + mean + self.refiner(latents, first)
-        return _unpatches(p, t, self.spatial)
+    def _decode_patches(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
+        return super()._decode_patches(latents, first) + self.refiner(latents, first)
 
     def decode_train(self, latents: torch.Tensor) -> torch.Tensor:
         """Whole-clip decode with gradients (``decode`` runs without)."""
@@ -323,23 +331,14 @@ class RefinedPCAVAE(PCAVideoVAE):
             parts.append(self._decode_group(latents[:, :, 1:], first=False))
         return torch.cat(parts, dim=2)
 
-    def save(self, directory: str | Path) -> None:
-        super().save(directory)
-        d = Path(directory)
-        (d / "config.json").write_text(json.dumps({"type": "pca_refined", "z_dim": self.z_dim, "scale_power": self.scale_power,
-                                                   "width": self.refiner.width, "depth": self.refiner.depth}, indent=2))
+    config_type = "pca_refined"
+
+    def _config(self) -> dict:
+        return {**super()._config(), "width": self.refiner.width, "depth": self.refiner.depth}
 
     @classmethod
-    def load(cls, directory: str | Path) -> "RefinedPCAVAE":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        cfg = json.loads((d / "config.json").read_text())
-        if cfg.get("type") != "pca_refined":
-            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not 'pca_refined'")
-        vae = cls(cfg["z_dim"], cfg["scale_power"], cfg["width"], cfg["depth"])
-        vae.load_state_dict(load_file(str(d / "vae.safetensors")))
-        return vae.eval()
+    def _from_config(cls, cfg: dict) -> "RefinedPCAVAE":
+        return cls(cfg["z_dim"], cfg["scale_power"], cfg["width"], cfg["depth"])
 
 
 def load_vae(path: str | Path) -> VideoVAE:
@@ -349,10 +348,9 @@ def load_vae(path: str | Path) -> VideoVAE:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no VAE at {d}: expected a directory with config.json")
     cfg = json.loads(cfg_path.read_text())
-    if cfg.get("type") == "pca":
-        return PCAVideoVAE.load(d)
-    if cfg.get("type") == "pca_refined":
-        return RefinedPCAVAE.load(d)
+    for cls in (PCAVideoVAE, RefinedPCAVAE):
+        if cfg.get("type") == cls.config_type:
+            return cls.load(d)
     if cfg.get("_class_name") == "AutoencoderKLWan":
         return WanVAE.from_pretrained(d)
     raise ValueError(f"{cfg_path} is neither a PCA VAE ('pca', 'pca_refined') nor a diffusers AutoencoderKLWan config")
