@@ -4,7 +4,7 @@
         [--prompts 8] [--guidance 2] [--steps 30] [key=value ...]
 
 Samples one clip per training prompt (Euler, CFG) and prints:
-- the foreground fraction of the final latents (``sampler.foreground_weight``'s mask: latents that differ
+- the foreground fraction of the final latents (``sampler.foreground_mask``: latents that differ
   from the frame's backdrop) next to real clips' (an object covers ~6 % of the positions);
 - along the path, the RMS of the guided x0 prediction's coarse (0-7) and detail (16-63) PCA channels at
   the final sample's foreground positions, next to real clips' at their object positions (a smeared,
@@ -28,7 +28,7 @@ from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
 from streamgen.eval_suite import suite_specs  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
-from streamgen.sampler import cfg_combine, foreground_weight, teacher_sigmas, timestep, x0_from_flow  # noqa: E402
+from streamgen.sampler import cfg_combine, foreground_mask, teacher_sigmas, timestep, x0_from_flow  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.detector import detect_frames  # noqa: E402
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     n, T = args.prompts, cfg.train.latent_frames
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     real = toy_batch(vae, 16, T, args.seed, 0).latents
-    real_fg = foreground_weight(real, 1.0)[:, 0] > 1.0
+    real_fg = foreground_mask(real)[:, 0] > 0
     coarse, detail = slice(0, 8), slice(16, vae.z_dim)
 
     specs = suite_specs(n, "train", args.seed)
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
         flow = cfg_combine(model(x, t, ctx), model(x, t, uncond), args.guidance)
         path.append((sig[i], x0_from_flow(x, flow, sig[i])))
         x = x + (sig[i + 1] - sig[i]) * flow
-    fg = foreground_weight(x, 1.0)[:, 0] > 1.0
+    fg = foreground_mask(x)[:, 0] > 0
     print(f"foreground fraction: samples {float(fg.float().mean()):.3f}, real clips {float(real_fg.float().mean()):.3f}")
     print(f"real clips at object positions: coarse RMS {rms(real, real_fg, coarse):.3f}, detail RMS {rms(real, real_fg, detail):.3f}")
     for s, x0 in path[:: max(1, len(path) // 10)] + [path[-1]]:

@@ -210,6 +210,11 @@ class TrainConfig:
     # (one latent frame) of ``batch_size * latent_frames`` clips, the same token count as a video step.
     # Colour, shape and object size are image properties; a still step sees 4x the clips. 0 = off.
     image_every: int = 0
+    # Object crops (data.object_crop): every ``crop_every``-th image or video step trains on ``crop`` x ``crop``
+    # latent-position windows round each clip's object, with (h * w / crop^2) times the clips (same tokens).
+    # 0 = off. ``crop`` must be a multiple of the spatial patch size.
+    crop: int = 0
+    crop_every: int = 0
     caption_dropout: float = 0.1  # empty prompt, for classifier-free guidance
     paraphrase_prob: float = 0.5
     timestep_shift: float = 3.0  # training and sampling noise-level shift
@@ -240,6 +245,9 @@ class TrainConfig:
             raise ConfigError(f"train.timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
         if self.image_every < 0 or self.image_every == 1:
             raise ConfigError(f"train.image_every must be 0 (off) or >= 2 (every n-th step), got {self.image_every}")
+        if self.crop < 0 or self.crop_every < 0 or self.crop_every == 1 or (self.crop > 0) != (self.crop_every > 0):
+            raise ConfigError(f"train.crop (latent positions, > 0) and train.crop_every (>= 2) are set together or "
+                              f"both 0 (off), got crop={self.crop} crop_every={self.crop_every}")
         if self.foreground_dilate < 0:
             raise ConfigError(f"train.foreground_dilate must be >= 0, got {self.foreground_dilate}")
         if self.foreground_boost < 0:

@@ -72,26 +72,32 @@ def flow_loss_weight(sigma: torch.Tensor, floor: float) -> torch.Tensor:
     return (sigma / floor).clamp(max=1.0).square()
 
 
-def foreground_weight(x0: torch.Tensor, boost: float, threshold: float = 0.1, dilate: int = 0) -> torch.Tensor:
-    """Spatial weight ``[B, 1, F, h, w]`` of the flow MSE: ``1 + boost`` where the clean latent differs from its
-    frame's backdrop, 1 elsewhere, rescaled to mean 1 per sample (the loss scale is unchanged).
-
-    The backdrop is the median latent over a frame's positions (a flat background covers most of every toy-world
+def foreground_mask(x0: torch.Tensor, threshold: float = 0.1, dilate: int = 0) -> torch.Tensor:
+    """``[B, 1, F, h, w]`` float mask of the positions where the clean latent ``x0`` ``[B, C, F, h, w]`` differs from its
+    frame's backdrop: the median latent over a frame's positions (a flat background covers most of every toy-world
     frame, and its patches encode identically); a position is foreground if its RMS distance to it over channels
-    exceeds ``threshold``. The object covers ~6 % of the positions, so under the plain MSE a denoiser learns the
-    backdrop long before the object. A data prior for flat-backdrop worlds: ``boost = 0`` (plain MSE) elsewhere.
-    ``dilate`` grows the mask by that many positions in each spatial direction: weighting only the object lets a
-    denoiser spill object colour round it at no extra cost (samples with 4x the object's area), the ring does not.
-    """
-    if boost <= 0:
-        return torch.ones_like(x0[:, :1])
+    exceeds ``threshold``. ``dilate`` grows the mask by that many positions in each spatial direction."""
     flat = x0.float().flatten(3)  # [B, C, F, h*w]
     dist = (flat - flat.median(dim=3, keepdim=True).values).pow(2).mean(dim=1, keepdim=True).sqrt()
     mask = (dist > threshold).float().view(x0.shape[0], 1, *x0.shape[2:])
     if dilate > 0:
         k = 2 * dilate + 1
         mask = torch.nn.functional.max_pool3d(mask, (1, k, k), stride=1, padding=(0, dilate, dilate))
-    w = 1.0 + boost * mask
+    return mask
+
+
+def foreground_weight(x0: torch.Tensor, boost: float, threshold: float = 0.1, dilate: int = 0) -> torch.Tensor:
+    """Spatial weight ``[B, 1, F, h, w]`` of the flow MSE: ``1 + boost`` on ``foreground_mask(x0, threshold, dilate)``,
+    1 elsewhere, rescaled to mean 1 per sample (the loss scale is unchanged).
+
+    The object covers ~6 % of the positions, so under the plain MSE a denoiser learns the backdrop long before the
+    object. A data prior for flat-backdrop worlds: ``boost = 0`` (plain MSE) elsewhere. ``dilate``: weighting only
+    the object lets a denoiser spill object colour round it at no extra cost (samples with 4x the object's area),
+    the ring does not.
+    """
+    if boost <= 0:
+        return torch.ones_like(x0[:, :1])
+    w = 1.0 + boost * foreground_mask(x0, threshold, dilate)
     return w / w.flatten(1).mean(1).view(-1, 1, 1, 1, 1)
 
 

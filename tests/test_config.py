@@ -39,3 +39,6 @@ def test_image_every_must_be_off_or_a_period():
     with pytest.raises(ConfigError, match="train.image_every"):
         load_config(["configs/teacher_toy.yaml"], ["train.image_every=1"], schema=TeacherRunConfig)
     assert load_config(["configs/teacher_toy.yaml"], ["train.image_every=3"], schema=TeacherRunConfig).train.image_every == 3
+    for bad in (["train.crop=8"], ["train.crop_every=2"], ["train.crop=8", "train.crop_every=1"]):
+        with pytest.raises(ConfigError, match="train.crop"):
+            load_config(["configs/teacher_toy.yaml"], bad, schema=TeacherRunConfig)

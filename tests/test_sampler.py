@@ -148,3 +148,40 @@ def test_flow_matching_loss_weight_is_a_per_position_factor():
     ref = ((pred - flow_target(x0, noise)) ** 2 * w).flatten(1).mean(1).mean()
     torch.testing.assert_close(flow_matching_loss(pred, x0, noise, sigma, weight=w), ref)
     assert not torch.allclose(flow_matching_loss(pred, x0, noise, sigma), ref)
+
+
+def test_object_crop_holds_the_whole_object_and_centres_it():
+    """Crops are windows of the latents (found again by search in the full frame) that hold every patch in which
+    the renderer drew object pixels, centred on the object within the jitter, clamped at the canvas border."""
+    import numpy as np
+
+    from streamgen.data import frames_to_tensor, object_crop
+    from streamgen.toyworld.render import render_batch
+    from streamgen.toyworld.world import ClipSpec
+    from streamgen.vae import load_vae
+
+    vae = load_vae("assets/vae")
+    specs = [ClipSpec("circle", "red", "black", "still", size=32, x=64, y=64),
+             ClipSpec("square", "white", "blue", "still", size=24, x=20, y=100),
+             ClipSpec("star", "yellow", "gray", "pulsing", size=28, x=90, y=30),
+             ClipSpec("triangle", "green", "white", "moving right", "slowly", size=20, x=40, y=70)]
+    frames = render_batch(specs, 13)
+    full = vae.encode(frames_to_tensor(frames))  # [4, 64, 4, 16, 16]
+    size, jitter = 8, 1
+    crops = object_crop(full, size, torch.Generator().manual_seed(0), jitter=jitter)
+    assert crops.shape == (4, 64, 4, size, size)
+    bg = frames[:, :1, :1, :1]
+    obj = (frames != bg).any(-1).any(1).reshape(4, 16, 8, 16, 8).any(4).any(2)  # [4, 16, 16] patches drawn on
+    for i in range(4):
+        hits = [(y, x) for y in range(16 - size + 1) for x in range(16 - size + 1)
+                if torch.equal(full[i, :, :, y:y + size, x:x + size], crops[i])]
+        assert len(hits) == 1
+        y0, x0 = hits[0]
+        ys, xs = np.nonzero(obj[i])
+        assert ys.min() >= y0 and ys.max() < y0 + size and xs.min() >= x0 and xs.max() < x0 + size, (i, hits, ys, xs)
+        cy, cx = ys.mean(), xs.mean()  # patch-level centre (the clamp at a border may move the window further)
+        for c, o in ((cy, y0), (cx, x0)):
+            want = min(max(c - (size - 1) / 2, 0), 16 - size)
+            assert abs(o - want) <= jitter + 1.0, (i, c, o)
+    with pytest.raises(ValueError, match="crop size"):
+        object_crop(full, 17, torch.Generator())

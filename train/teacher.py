@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
-from streamgen.data import toy_batch  # noqa: E402
+from streamgen.data import object_crop, toy_batch  # noqa: E402
 from streamgen.distill import flow_matching_loss  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep  # noqa: E402
@@ -38,6 +38,13 @@ def sample_sigmas(n: int, shift: float, g: torch.Generator, kind: str = "uniform
 def is_image_step(step: int, image_every: int) -> bool:
     """Whether ``step`` trains on still frames (``train.image_every``); depends on the step only, so resume is exact."""
     return image_every > 0 and step % image_every == image_every - 1
+
+
+def is_crop_step(step: int, image_every: int, crop_every: int) -> bool:
+    """Whether ``step`` trains on object crops (``train.crop_every``): every ``crop_every``-th step of its kind
+    (image or video), so both kinds get crops; depends on the step only, so resume is exact."""
+    period = image_every if image_every > 0 else 1
+    return crop_every > 0 and (step // period) % crop_every == crop_every - 1
 
 
 def parse(argv=None):
@@ -69,16 +76,24 @@ def main(argv=None) -> None:
     model, opt = acc.prepare(model, opt)
     vae = load_vae(cfg.vae_path)
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
+    h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
+    if tc.crop and (tc.crop > min(h, w) or tc.crop % cfg.model.patch_size[1] or tc.crop % cfg.model.patch_size[2]):
+        raise ValueError(f"train.crop={tc.crop} must be a multiple of the patch size {list(cfg.model.patch_size[1:])} "
+                         f"and at most the latent frame ({h}x{w} positions)")
+    crop_clips = (h * w) // (tc.crop * tc.crop) if tc.crop else 1  # clips per full-frame clip, same tokens
     if run.is_main:
         n = sum(p.numel() for p in model.parameters())
         print(f"teacher: {n / 1e6:.2f}M parameters, {acc.num_processes} process(es), resuming at step {run.step}")
 
     def step_fn(step: int) -> dict:
         image = is_image_step(step, tc.image_every)
+        crop = is_crop_step(step, tc.image_every, tc.crop_every)
         size, frames = (tc.batch_size * tc.latent_frames, 1) if image else (tc.batch_size, tc.latent_frames)
+        size *= crop_clips if crop else 1
         batch = toy_batch(vae, size, frames, tc.seed, step, run.rank, tc.caption_dropout, tc.paraphrase_prob)
         g = torch.Generator().manual_seed(stable_seed(tc.seed, step, run.rank, 1))
-        x0 = batch.latents.to(acc.device)
+        x0 = object_crop(batch.latents, tc.crop, g) if crop else batch.latents
+        x0 = x0.to(acc.device)
         noise = torch.randn(x0.shape, generator=g).to(acc.device)
         sigma = sample_sigmas(x0.shape[0], tc.timestep_shift, g, tc.timestep_sampling).to(acc.device)
         xt = add_noise(x0, noise, sigma.view(-1, 1, 1, 1, 1))
@@ -87,7 +102,7 @@ def main(argv=None) -> None:
             pred = model(xt, timestep(sigma), states)
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
-        return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image)}
+        return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop)}
 
     def eval_fn(step: int) -> dict:
         from streamgen.eval_suite import teacher_eval
