@@ -1,7 +1,7 @@
 """Where do a teacher's objects go wrong along the sampling path? Object area, contrast and blob counts.
 
     python bench/teacher_spread.py --weights runs/teacher_fg/checkpoints/step_0001500/ema.safetensors \
-        [--prompts 8] [--guidance 2] [--steps 30] [key=value ...]
+        [--prompts 8] [--guidance 2] [--steps 30] [--path-png FILE] [key=value ...]
 
 Samples one clip per training prompt (Euler, CFG) and prints:
 - the foreground fraction of the final latents (``sampler.foreground_mask``: latents that differ
@@ -10,6 +10,8 @@ Samples one clip per training prompt (Euler, CFG) and prints:
   the final sample's foreground positions, next to real clips' at their object positions (a smeared,
   faint object: large area, low RMS);
 - the detector's blob count per decoded frame (presence needs exactly one blob of >= 20 px).
+``--path-png`` also writes, per prompt (rows), the first decoded frame of the guided x0 prediction at every
+third step and of the final sample (columns): where along the path an object's form is settled.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def main(argv=None) -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seed", type=int, default=77)
+    ap.add_argument("--path-png", default="", help="write decoded x0 predictions along the path here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
@@ -84,6 +87,14 @@ def main(argv=None) -> None:
         blobs.update(detect_frames(to_uint8(vae.decode(x[i : i + 1].float()))).n_blobs.tolist())
     total = sum(blobs.values())
     print("blobs per frame: " + ", ".join(f"{k}: {v / total:.2f}" for k, v in sorted(blobs.items())))
+    if args.path_png:
+        import imageio.v3 as iio
+        import numpy as np
+
+        snaps = [x0 for _, x0 in path[::3]] + [x]
+        print("path columns at sigma " + ", ".join(f"{s:.2f}" for s, _ in path[::3]) + ", final sample")
+        rows = [np.concatenate([to_uint8(vae.decode(s[i : i + 1].float()))[0] for s in snaps], 1) for i in range(n)]
+        iio.imwrite(args.path_png, np.concatenate(rows, 0))
 
 
 if __name__ == "__main__":

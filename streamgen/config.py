@@ -212,7 +212,9 @@ class TrainConfig:
     image_every: int = 0
     # Object crops (data.object_crop): every ``crop_every``-th image or video step trains on ``crop`` x ``crop``
     # latent-position windows round each clip's object, with (h * w / crop^2) times the clips (same tokens).
-    # 0 = off. ``crop`` must be a multiple of the spatial patch size.
+    # 0 = off. ``crop`` must be a multiple of the spatial patch size. Measured (session 6, bench/RESULTS.md): it
+    # hurt the toy teacher (presence 0.28 -> 0.12 in 1000 steps, two objects per frame): every crop holds an
+    # object, so the model learns that every window of that size does. Off in configs/teacher_toy.yaml.
     crop: int = 0
     crop_every: int = 0
     caption_dropout: float = 0.1  # empty prompt, for classifier-free guidance
