@@ -71,11 +71,12 @@ def main(argv=None) -> None:
     uncond = model.encode_context(text.encode([""] * n))
     sig = teacher_sigmas(args.steps, cfg.train.timestep_shift)
     x = torch.randn(n, vae.z_dim, T, h, w, generator=torch.Generator().manual_seed(args.seed))
-    path = []
+    path, x0_prev = [], None
     for i in range(len(sig) - 1):
         t = torch.full((n,), float(timestep(sig[i])))
-        flow = cfg_combine(model(x, t, ctx), model(x, t, uncond), args.guidance)
+        flow = cfg_combine(model(x, t, ctx, None, x0_prev), model(x, t, uncond, None, x0_prev), args.guidance)
         path.append((sig[i], x0_from_flow(x, flow, sig[i])))
+        x0_prev = path[-1][1] if cfg.model.self_conditioning else None  # as rollout.sample_full
         x = x + (sig[i + 1] - sig[i]) * flow
     fg = foreground_mask(x)[:, 0] > 0
     print(f"foreground fraction: samples {float(fg.float().mean()):.3f}, real clips {float(real_fg.float().mean()):.3f}")

@@ -41,6 +41,11 @@ class ModelConfig:
     # derived, see sampler.flow_from_x0). x0 suits tokens about as wide as the model (JiT, Li & He
     # 2025): a flow head then has to carry the noise through every block, and returns it as blocks.
     prediction: str = "flow"
+    # Self-conditioning (Chen et al. 2022, "Analog Bits"): the input also carries the model's previous x0
+    # estimate (zeros when there is none), so a many-step sampler can refine the layout it drew one step
+    # earlier instead of redrawing it from noise. The patch embedding takes 2 x in_channels; the second half
+    # is zero-initialised by a warm start, which keeps the source model's function.
+    self_conditioning: bool = False
 
     @property
     def dim(self) -> int:

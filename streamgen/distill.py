@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from .config import CacheConfig, DistillConfig, DistillRunConfig, SwitchConfig, to_yaml
 from .model import CausalWanModel, TextContext
 from .rollout import commit_chunk, generate_chunk, recache, remember_chunk
-from .sampler import (add_noise, cfg_combine, denoise_step, flow_loss_weight, flow_target, shift_sigma, stable_seed, teacher_sigmas,
+from .sampler import (add_noise, cfg_combine, flow_loss_weight, flow_target, shift_sigma, stable_seed, teacher_sigmas,
                       timestep, x0_from_flow)
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.world import ClipSpec, sample_spec
@@ -112,14 +112,11 @@ def ode_trajectory(teacher: CausalWanModel, context: TextContext, uncond: TextCo
     """Euler + CFG along ``grid`` from ``noise``; returns ``[B, len(keep) + 1, C, F, h, w]``: the
     latents at ``grid[keep[k]]`` and, last, the clean end point."""
 
-    def predict(x, t):
-        return guided_flow(teacher, x, t, context, uncond, guidance_scale)
+    from .rollout import sample_full
 
-    x, points, keep = noise, [], set(keep)
-    for i in range(len(grid) - 1):
-        if i in keep:
-            points.append(x)
-        _, x = denoise_step(predict, x, grid[i], grid[i + 1], euler=True)
+    points, keep = [], set(keep)
+    x = sample_full(teacher, context, uncond, noise, list(grid), guidance_scale,
+                    on_step=lambda i, x: points.append(x) if i in keep else None)
     if len(points) != len(keep):
         raise ValueError("every kept index must be a grid point before the last")
     return torch.stack(points + [x], dim=1)
@@ -489,6 +486,22 @@ def resolve_weights(source: str | Path, module: str) -> Path:
                             "a model dir with transformer.safetensors, or a weights file")
 
 
+def match_self_conditioning(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with its patch embedding fitted to ``model``'s self-conditioning (``model.self_conditioning``):
+    a plain source gains zero weights for the x0 input (same function), a self-conditioned source loses them
+    (its function with no x0 estimate, which it was trained on too). Other shapes are left to the strict load."""
+    key = "patch_embedding.weight"
+    want = model.state_dict().get(key)
+    have = state.get(key)
+    if want is None or have is None or want.shape == have.shape or want.shape[0] != have.shape[0]:
+        return state
+    if want.shape[1] == 2 * have.shape[1]:
+        return {**state, key: torch.cat([have, torch.zeros_like(have)], dim=1)}
+    if 2 * want.shape[1] == have.shape[1]:
+        return {**state, key: have[:, : want.shape[1]].contiguous()}
+    return state
+
+
 def load_weights(model: torch.nn.Module, source: str | Path, module: str = "ema") -> Path:
     """Load ``model`` strictly from ``source`` (see ``resolve_weights``); other checkpoint formats
     (Wan, Self-Forcing, CausVid, ...) go through ``loaders.load_wan_weights``."""
@@ -500,7 +513,7 @@ def load_weights(model: torch.nn.Module, source: str | Path, module: str = "ema"
     if path.suffix == ".safetensors":
         sd = load_file(str(path))
         if set(sd) == set(model.state_dict()):
-            model.load_state_dict(sd, strict=True)
+            model.load_state_dict(match_self_conditioning(sd, model), strict=True)
             return path
     load_wan_weights(model, path)
     return path

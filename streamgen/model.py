@@ -59,7 +59,8 @@ class CausalWanModel(nn.Module):
         check_backend(config.attention_backend)
         self.config = config
         d, pt = config.dim, config.patch_size
-        self.patch_embedding = nn.Conv3d(config.in_channels, d, kernel_size=pt, stride=pt)
+        in_channels = config.in_channels * (2 if config.self_conditioning else 1)
+        self.patch_embedding = nn.Conv3d(in_channels, d, kernel_size=pt, stride=pt)
         self.condition_embedder = WanTimeTextImageEmbedding(
             dim=d, time_freq_dim=config.freq_dim, time_proj_dim=d * 6, text_embed_dim=config.text_dim
         )
@@ -132,10 +133,15 @@ class CausalWanModel(nn.Module):
         return TextContext(tokens, kv)
 
     # -- forward pieces ----------------------------------------------------------------------
-    def embed(self, x: torch.Tensor, timestep: torch.Tensor) -> TokenState:
-        """Patchify latents and embed per-frame timesteps."""
+    def embed(self, x: torch.Tensor, timestep: torch.Tensor, x0_prev: torch.Tensor | None = None) -> TokenState:
+        """Patchify latents (with ``config.self_conditioning``, beside the previous x0 estimate ``x0_prev``,
+        zeros when None) and embed per-frame timesteps."""
         b, _, f, h, w = x.shape
         pt = self.config.patch_size[0]
+        if self.config.self_conditioning:
+            x = torch.cat([x, torch.zeros_like(x) if x0_prev is None else x0_prev.to(x.dtype)], dim=1)
+        elif x0_prev is not None:
+            raise ValueError("x0_prev given to a model without model.self_conditioning")
         hidden = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
         mod, temb = self.embed_timestep(timestep, b, f, hidden.dtype, x.device)
         return TokenState(hidden, mod, temb, self.token_grid(h, w), f // pt)
@@ -196,14 +202,15 @@ class CausalWanModel(nn.Module):
         return flow_from_x0(x, raw, sigma.expand(b, f)[:, None, :, None, None]).to(raw.dtype)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: TextContext | torch.Tensor,
-                attn: SelfAttentionPlan | None = None) -> torch.Tensor:
-        """Flow prediction for latents ``x``. ``attn`` defaults to full bidirectional attention."""
+                attn: SelfAttentionPlan | None = None, x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow prediction for latents ``x``. ``attn`` defaults to full bidirectional attention; ``x0_prev``:
+        the previous x0 estimate (``config.self_conditioning`` only)."""
         if not isinstance(context, TextContext):
             context = self.encode_context(context)
         if attn is None:
             _, _, f, h, w = x.shape
             attn = self.full_attention(f // self.config.patch_size[0], h, w)
-        state = self.run_blocks(self.embed(x, timestep), context, attn)
+        state = self.run_blocks(self.embed(x, timestep, x0_prev), context, attn)
         return self.output(self.head(state, (x.shape[0], self.config.out_channels, *x.shape[2:])), x, timestep)
 
     def forward_cached(self, x: torch.Tensor, timestep: torch.Tensor, context: TextContext, cache: RollingKVCache,

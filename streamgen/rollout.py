@@ -166,17 +166,25 @@ def sample_full(
     sigmas: list[float],
     guidance_scale: float = 1.0,
     attn=None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Many-step Euler sampling of a whole clip (bidirectional teacher, or a causal student with
-    a ``BlockCausalPlan``), with classifier-free guidance when ``uncond`` is given."""
+    a ``BlockCausalPlan``), with classifier-free guidance when ``uncond`` is given. A self-conditioned
+    model (``model.config.self_conditioning``) gets the previous step's guided x0 estimate. ``on_step(i, x)``
+    sees the latents entering step ``i``."""
+    x0_prev = None
 
     def predict(x, t):
-        cond = model(x, t, context, attn)
+        cond = model(x, t, context, attn, x0_prev)
         if uncond is None or guidance_scale == 1.0:
             return cond
-        return cfg_combine(cond, model(x, t, uncond, attn), guidance_scale)
+        return cfg_combine(cond, model(x, t, uncond, attn, x0_prev), guidance_scale)
 
     x = noise
     for i in range(len(sigmas) - 1):
-        _, x = denoise_step(predict, x, sigmas[i], sigmas[i + 1], euler=True)
+        if on_step is not None:
+            on_step(i, x)
+        x0, x = denoise_step(predict, x, sigmas[i], sigmas[i + 1], euler=True)
+        if model.config.self_conditioning:
+            x0_prev = x0
     return x

@@ -165,3 +165,15 @@ def test_lr_schedule_warmup_stable_decay():
     assert f(125) == pytest.approx(1 - 0.9 * 25 / 50)  # halfway down the linear cool-down
     assert f(150) == pytest.approx(0.1) and f(10_000) == pytest.approx(0.1)
     assert warmup_lambda(10)(10_000) == 1.0  # no decay configured: constant
+
+
+def test_self_conditioned_teacher_trains_on_its_own_estimate_half_the_time(setup):
+    """``model.self_conditioning``: about half the steps (seeded per step) feed the model's own x0 estimate."""
+    run_dir = setup / "self_cond"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    r = subprocess.run(cmd(setup, run_dir, 12) + ["model.self_conditioning=true"], env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sc = flags(run_dir, "self_cond")
+    assert sorted(sc) == list(range(1, 13)) and 0 < sum(sc.values()) < 12
+    assert all(v == v and v < 1e3 for v in losses(run_dir).values())

@@ -23,7 +23,7 @@ from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import object_crop, toy_batch  # noqa: E402
 from streamgen.distill import flow_matching_loss  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
-from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep  # noqa: E402
+from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep, x0_from_flow  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
@@ -98,11 +98,18 @@ def main(argv=None) -> None:
         sigma = sample_sigmas(x0.shape[0], tc.timestep_shift, g, tc.timestep_sampling).to(acc.device)
         xt = add_noise(x0, noise, sigma.view(-1, 1, 1, 1, 1))
         states = text.encode(batch.captions).to(acc.device)
+        x0_prev = None
+        if cfg.model.self_conditioning and torch.rand((), generator=g) < 0.5:
+            # Half the steps see the model's own estimate (no gradient through it), as a sampler's next step does.
+            with torch.no_grad(), acc.autocast():
+                flow = model(xt, timestep(sigma), states)
+            x0_prev = x0_from_flow(xt, flow, sigma.view(-1, 1, 1, 1, 1))
         with acc.autocast():
-            pred = model(xt, timestep(sigma), states)
+            pred = model(xt, timestep(sigma), states, None, x0_prev)
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
-        return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop)}
+        return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop),
+                "self_cond": float(x0_prev is not None)}
 
     def eval_fn(step: int) -> dict:
         from streamgen.eval_suite import teacher_eval
