@@ -30,7 +30,8 @@ from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
 from streamgen.eval_suite import suite_specs  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
-from streamgen.sampler import cfg_combine, foreground_mask, teacher_sigmas, timestep, x0_from_flow  # noqa: E402
+from streamgen.rollout import sample_full  # noqa: E402
+from streamgen.sampler import foreground_mask, teacher_sigmas  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.detector import detect_frames  # noqa: E402
@@ -71,13 +72,8 @@ def main(argv=None) -> None:
     uncond = model.encode_context(text.encode([""] * n))
     sig = teacher_sigmas(args.steps, cfg.train.timestep_shift)
     x = torch.randn(n, vae.z_dim, T, h, w, generator=torch.Generator().manual_seed(args.seed))
-    path, x0_prev = [], None
-    for i in range(len(sig) - 1):
-        t = torch.full((n,), float(timestep(sig[i])))
-        flow = cfg_combine(model(x, t, ctx, None, x0_prev), model(x, t, uncond, None, x0_prev), args.guidance)
-        path.append((sig[i], x0_from_flow(x, flow, sig[i])))
-        x0_prev = path[-1][1] if cfg.model.self_conditioning else None  # as rollout.sample_full
-        x = x + (sig[i + 1] - sig[i]) * flow
+    path = []  # (sigma, guided x0 estimate) per step
+    x = sample_full(model, ctx, uncond, x, sig, args.guidance, on_step=lambda i, _, x0: path.append((sig[i], x0)))
     fg = foreground_mask(x)[:, 0] > 0
     print(f"foreground fraction: samples {float(fg.float().mean()):.3f}, real clips {float(real_fg.float().mean()):.3f}")
     print(f"real clips at object positions: coarse RMS {rms(real, real_fg, coarse):.3f}, detail RMS {rms(real, real_fg, detail):.3f}")

@@ -116,7 +116,7 @@ def ode_trajectory(teacher: CausalWanModel, context: TextContext, uncond: TextCo
 
     points, keep = [], set(keep)
     x = sample_full(teacher, context, uncond, noise, list(grid), guidance_scale,
-                    on_step=lambda i, x: points.append(x) if i in keep else None)
+                    on_step=lambda i, x, x0: points.append(x) if i in keep else None)
     if len(points) != len(keep):
         raise ValueError("every kept index must be a grid point before the last")
     return torch.stack(points + [x], dim=1)

@@ -166,12 +166,12 @@ def sample_full(
     sigmas: list[float],
     guidance_scale: float = 1.0,
     attn=None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Many-step Euler sampling of a whole clip (bidirectional teacher, or a causal student with
     a ``BlockCausalPlan``), with classifier-free guidance when ``uncond`` is given. A self-conditioned
-    model (``model.config.self_conditioning``) gets the previous step's guided x0 estimate. ``on_step(i, x)``
-    sees the latents entering step ``i``."""
+    model (``model.config.self_conditioning``) gets the previous step's guided x0 estimate. ``on_step(i, x, x0)``
+    sees the latents entering step ``i`` and that step's guided x0 estimate."""
     x0_prev = None
 
     def predict(x, t):
@@ -182,9 +182,10 @@ def sample_full(
 
     x = noise
     for i in range(len(sigmas) - 1):
+        x0, x_next = denoise_step(predict, x, sigmas[i], sigmas[i + 1], euler=True)
         if on_step is not None:
-            on_step(i, x)
-        x0, x = denoise_step(predict, x, sigmas[i], sigmas[i + 1], euler=True)
+            on_step(i, x, x0)
+        x = x_next
         if model.config.self_conditioning:
             x0_prev = x0
     return x
