@@ -83,6 +83,9 @@ class StoreKV:
 # ---------------------------------------------------------------------------------------------
 
 
+STALE_AFTER_S = 4.0  # default seconds without a new heartbeat before a rank counts as gone
+
+
 class Liveness:
     """Heartbeat publisher and observer of one rank; diagnoses failed waits (see module doc)."""
 
@@ -90,7 +93,9 @@ class Liveness:
                  stale_after: float | None = None):
         self.kv, self.rank, self.world_size = kv, rank, world_size
         self.timeout, self.interval = timeout, interval
-        self.stale_after = stale_after if stale_after is not None else max(1.5, 8 * interval)
+        # A heartbeat thread on a loaded machine can miss seconds of beats (CI saw 2.2 s on 2 shared cores),
+        # so staleness waits far longer than the beat interval; a dead process is still named within seconds.
+        self.stale_after = stale_after if stale_after is not None else max(STALE_AFTER_S, 20 * interval)
         self._state, self._peer, self._since = "init", -1, time.monotonic()
         self._counter = 0
         self._seen: dict[int, tuple[int, float]] = {}  # rank -> (counter, local time it last changed)
@@ -301,7 +306,10 @@ class InProcessHub:
 class InProcessTransport(Transport):
     def __init__(self, hub: InProcessHub, rank: int, *, timeout: float = 60.0, interval: float = 0.05):
         self.hub, self.rank, self.world_size = hub, rank, hub.world_size
-        self.liveness = Liveness(hub.kv, rank, hub.world_size, timeout=timeout, interval=interval).start()
+        # Threads of one process cannot die alone (a raising rank reports 'failed' itself), so missing beats
+        # only mean a busy interpreter: staleness waits the full timeout.
+        self.liveness = Liveness(hub.kv, rank, hub.world_size, timeout=timeout, interval=interval,
+                                 stale_after=timeout).start()
 
     def send(self, dst, tag, tensors):
         self.hub.channel(self.rank, dst, tag).put([t.detach().clone() for t in tensors])
