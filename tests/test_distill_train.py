@@ -164,3 +164,9 @@ def test_export_default_writes_a_model_card_and_float16_weights_the_pipeline_loa
     assert got.config == ref.config
     for (k, a), (_, b) in zip(ref.model.state_dict().items(), got.model.state_dict().items()):
         assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-3, atol=1e-4), k  # float16 rounding only
+
+
+def test_ode_init_takes_overrides_after_the_stage_and_config():
+    """`ode_init.py pairs --config X key=value` (the docstring's order) parses; plain argparse refused it."""
+    args = _script("ode_init").parse(["pairs", "--config", "a.yaml", "distill.teacher=runs/t", "ode.steps=5"])
+    assert (args.stage, args.config, args.overrides) == ("pairs", ["a.yaml"], ["distill.teacher=runs/t", "ode.steps=5"])

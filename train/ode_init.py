@@ -47,7 +47,7 @@ def parse(argv=None):
     ap.add_argument("--config", action="append", default=[], help="YAML config (repeatable)")
     ap.add_argument("--fresh", action="store_true", help="regress: delete ode.run_dir and start over")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)  # `pairs --config X key=value` as in the docstring
 
 
 def student_sigmas(cfg: DistillRunConfig) -> list[float]:
