@@ -200,13 +200,21 @@ class Run:
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.is_main, dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
+        # Each key is averaged over the steps since the last log that reported it: metrics of alternating
+        # steps (a DMD generator step every k-th, image / video steps) are logged whatever log_every is.
+        sums: dict[str, list[float]] = {}
         while self.step < cfg.steps:
             metrics = step_fn(self.step)
             self.step += 1
             bar.update(1)
+            for k, v in metrics.items():
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += float(v)
+                acc[1] += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 rate = (self.step - n0) * cfg.batch_size * self.accelerator.num_processes / (time.perf_counter() - t0)
-                rec = {"step": self.step, **{k: float(v) for k, v in metrics.items()}, "samples_per_s": rate}
+                rec = {"step": self.step, **{k: total / n for k, (total, n) in sums.items()}, "samples_per_s": rate}
+                sums = {}
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k != "step"})
                 self.log_line(rec)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
