@@ -29,12 +29,17 @@ from common import table  # noqa: E402
 from streamgen.eval_suite import pipeline_suite  # noqa: E402
 from streamgen.pipeline import StreamingPipeline  # noqa: E402
 
-SINKS = {
-    "none": ["cache.sink_policy=none", "cache.sink_frames=0"],
-    "anchor": ["cache.sink_policy=anchor"],
-    "ema": ["cache.sink_policy=ema"],
-    "deep": ["cache.sink_policy=deep"],
-}
+def sink_rows(window_frames: int) -> dict[str, list[str]]:
+    """Overrides per sink row. Deep Forcing's sink is large (half the window here): with the default's
+    ``rebased`` positions a one-frame ``deep`` sink is the ``anchor`` sink (same frames, same phase)."""
+    return {
+        "none": ["cache.sink_policy=none", "cache.sink_frames=0"],
+        "anchor": ["cache.sink_policy=anchor"],
+        "ema": ["cache.sink_policy=ema"],
+        "deep": ["cache.sink_policy=deep", f"cache.sink_frames={max(2, window_frames // 2)}"],
+    }
+
+
 SWITCHES = {mode: [f"switch.mode={mode}"] for mode in ("recache", "none", "blend")}
 COLUMNS = ("run", "set", "colour", "shape", "background", "motion", "presence", "speed_ratio", "fps",
            "switch_resp_median", "switch_jump_px", "drift_colour", "drift_shape", "drift_motion", "drift_presence")
@@ -53,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--student", required=True, help="the Self-Forcing (DMD) student's model directory")
     ap.add_argument("--teacher-forcing", default=None, help="the teacher-forcing (ODE-regression) student's directory")
     ap.add_argument("--groups", default="training,sink,switch")
+    ap.add_argument("--sinks", default="none,anchor,ema,deep", help="sink rows to run")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--long-seconds", type=float, default=180.0)
@@ -73,7 +79,10 @@ def main(argv=None) -> int:
             rows += rows_for(args.teacher_forcing, [], "teacher-forcing (ODE regression)", long_set, args)
             rows += rows_for(args.student, [], "Self-Forcing (DMD)", long_set, args)
         elif group == "sink":
-            for name, ov in SINKS.items():
+            window = StreamingPipeline.load_config(args.student).cache.window_frames
+            for name, ov in sink_rows(window).items():
+                if name not in args.sinks.split(","):
+                    continue
                 rows += rows_for(args.student, ov, f"sink {name}", long_set, args)
         else:
             for name, ov in SWITCHES.items():
