@@ -185,7 +185,7 @@ class Liveness:
         counter, since = self._seen.get(r, (-1, time.monotonic()))
         return time.monotonic() - since > (self.timeout if counter < 0 else self.stale_after)
 
-    def _culprit(self, start: int, timed_out: bool) -> tuple[int, str] | None:
+    def _culprit(self, start: int, timed_out: bool, allow_cycle: bool = True) -> tuple[int, str] | None:
         r, chain = start, []
         while r is not None and 0 <= r < self.world_size and r != self.rank and r not in chain:
             chain.append(r)
@@ -196,7 +196,8 @@ class Liveness:
                 return r, f"rank {r} failed"
             if state == "wait":
                 if peer == self.rank:  # a cycle is a deadlock only once the wait timed out (heartbeats lag)
-                    return (r, f"ranks {[self.rank, *chain]} wait on each other (schedule mismatch)") if timed_out else None
+                    ok = timed_out and allow_cycle
+                    return (r, f"ranks {[self.rank, *chain]} wait on each other (schedule mismatch)") if ok else None
                 r = peer
                 continue
             if timed_out and state == "busy":
@@ -206,7 +207,9 @@ class Liveness:
 
     def diagnose(self, waited_on: int, what: str, timed_out: bool) -> PeerFailure:
         """The failure behind a receive from ``waited_on`` that failed (``what``) or timed out."""
-        deadline = time.monotonic() + (0.0 if timed_out else self.stale_after + 3 * self.interval)
+        # A dead rank's last heartbeat may say it waits on us, which reads as a cycle: a cycle is only
+        # called a deadlock after the staleness window, once every rank in it has been seen beating.
+        deadline = time.monotonic() + self.stale_after + 3 * self.interval
         found = None
         while True:
             ab = self.check_abort()
@@ -216,8 +219,9 @@ class Liveness:
                 self._observe()
             except Exception as e:  # noqa: BLE001
                 self.store_error = f"{type(e).__name__}: {e}"
-            found = self._culprit(waited_on, timed_out)
-            if found is not None or time.monotonic() >= deadline:
+            expired = time.monotonic() >= deadline
+            found = self._culprit(waited_on, timed_out, allow_cycle=expired)
+            if found is not None or expired:
                 break
             time.sleep(self.interval / 2)
         if found is None:
