@@ -70,6 +70,10 @@ def main(argv=None) -> int:
     unknown = set(groups) - {"training", "sink", "switch"}
     if unknown:
         ap.error(f"unknown groups {sorted(unknown)}; choose from training, sink, switch")
+    sinks = [s.strip() for s in args.sinks.split(",") if s.strip()]
+    unknown = set(sinks) - set(sink_rows(1))
+    if unknown:
+        ap.error(f"unknown sinks {sorted(unknown)}; choose from {', '.join(sink_rows(1))}")
     if "training" in groups and not args.teacher_forcing:
         ap.error("the training group needs --teacher-forcing DIR (e.g. runs/ode_init/student)")
     long_set = ("train/canonical", "long")
@@ -79,11 +83,9 @@ def main(argv=None) -> int:
             rows += rows_for(args.teacher_forcing, [], "teacher-forcing (ODE regression)", long_set, args)
             rows += rows_for(args.student, [], "Self-Forcing (DMD)", long_set, args)
         elif group == "sink":
-            window = StreamingPipeline.load_config(args.student).cache.window_frames
-            for name, ov in sink_rows(window).items():
-                if name not in args.sinks.split(","):
-                    continue
-                rows += rows_for(args.student, ov, f"sink {name}", long_set, args)
+            overrides = sink_rows(StreamingPipeline.load_config(args.student).cache.window_frames)
+            for name in sinks:
+                rows += rows_for(args.student, overrides[name], f"sink {name}", long_set, args)
         else:
             for name, ov in SWITCHES.items():
                 rows += rows_for(args.student, ov, f"switch {name}", ("switch",), args)
