@@ -28,6 +28,23 @@ def test_generate_writes_the_right_number_of_frames(tiny_model_dir, tmp_path):
     assert frames.shape == (32, 32, 32, 3)
 
 
+def test_infer_script_is_the_cli(tiny_model_dir, tmp_path):
+    """``infer/generate.py`` (no install needed, any working directory) makes the CLI's video, byte for byte."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    a, b = tmp_path / "cli.mp4", tmp_path / "script.mp4"
+    args = ["--prompt", PROMPT, "--seconds", "1", "--model", str(tiny_model_dir)]
+    assert run_cli("generate", *args, "--out", str(a)).returncode == 0
+    r = subprocess.run([sys.executable, str(root / "infer" / "generate.py"), *args, "--out", str(b)],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (read_video(a) == read_video(b)).all() and read_video(b).shape[0] == 16
+    r = subprocess.run([sys.executable, str(root / "infer" / "eval.py"), str(b), "--prompt", PROMPT],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and "colour" in r.stdout, r.stderr
+
+
 def test_bad_inputs_are_clear_errors(tiny_model_dir, tmp_path):
     r = run_cli("generate", "--prompt", PROMPT, "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mp4"), "cache.windw=3")
     assert r.returncode == 2 and "unknown config key" in r.stderr and "window_frames" in r.stderr

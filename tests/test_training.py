@@ -93,11 +93,13 @@ def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
     cfg = setup / "tiny_2.yaml"
     out = tmp_path / "teacher"
     r = subprocess.run([sys.executable, str(ROOT / "train" / "export_teacher.py"), "--config", str(cfg), "--out", str(out),
-                        "--prompts", "1", "--steps", "2", f"train.run_dir={run_dir}", f"vae_path={setup / 'vae'}"],
+                        "--prompts", "1", "--steps", "2", "--about", "warm-started from run X", f"train.run_dir={run_dir}",
+                        f"vae_path={setup / 'vae'}"],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     card = (out / "README.md").read_text()
     assert "2 steps of batch 2" in card and "heldout" in card and "paraphrase" in card
+    assert card.count("warm-started from run X") == 1  # its own section; the quoted command names it instead
     from safetensors.torch import load_file
 
     from streamgen.config import TeacherRunConfig, load_config

@@ -24,6 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from safetensors.torch import save_file  # noqa: E402
 
+from train.model_card import command_line  # noqa: E402
+
 from streamgen.eval_suite import pipeline_suite  # noqa: E402
 from streamgen.pipeline import ASSETS, StreamingPipeline  # noqa: E402
 
@@ -63,13 +65,7 @@ def main(argv=None) -> None:
         shutil.copytree(src / "vae", out / "vae")
     cfg = pipe.config
     n = sum(v.numel() for v in sd.values())
-    words = list(argv if argv is not None else sys.argv[1:])
-    for i, w in enumerate(words):  # the --about text is the card's own section: not repeated in the command
-        if w == "--about" and i + 1 < len(words):
-            words[i + 1] = '"(the section above)"'
-        elif w.startswith("--about="):
-            words[i] = '--about="(the section above)"'
-    cmd = "python train/export_default.py " + " ".join(words)
+    cmd = command_line("train/export_default.py", argv)
     (out / "README.md").write_text(
         "# Embedded default: causal few-step toy-world student\n\n"
         f"{n / 1e6:.2f} M parameters ({cfg.model.num_layers} layers, dim {cfg.model.dim}, patch "

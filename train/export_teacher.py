@@ -1,6 +1,7 @@
 """Export the teacher's EMA weights with a model card and its eval table.
 
-    python train/export_teacher.py --config configs/teacher_toy.yaml [--out assets/teacher] [--prompts 32]
+    python train/export_teacher.py --config configs/teacher_toy.yaml [--out assets/teacher] [--prompts 32] \
+        [--about "how it was trained"]
 
 Reads the latest checkpoint of ``train.run_dir``, evaluates the EMA weights with the toy-world
 detector (canonical, paraphrased and held-out prompts; many-step Euler with classifier-free
@@ -19,6 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from safetensors.torch import save_file  # noqa: E402
 
+from train.model_card import command_line  # noqa: E402
+
 from streamgen.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config, to_yaml  # noqa: E402
 from streamgen.eval_suite import teacher_eval  # noqa: E402
@@ -35,6 +38,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: train.eval_steps)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: train.guidance_scale)")
+    ap.add_argument("--about", default="", help="how the teacher was trained, when one command does not say it "
+                    "(warm starts, resumed runs with new settings; markdown, goes into the model card)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg: TeacherRunConfig = load_config(args.config, args.overrides, schema=TeacherRunConfig)
@@ -63,7 +68,7 @@ def main(argv=None) -> None:
     log = Path(cfg.train.run_dir) / "log.jsonl"
     last = [json.loads(line) for line in log.read_text().splitlines() if '"loss"' in line][-50:] if log.is_file() else []
     loss = sum(r["loss"] for r in last) / max(len(last), 1)
-    cmd = "python train/export_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command_line("train/export_teacher.py", argv)
     (out / "README.md").write_text(
         f"# Toy-world teacher (bidirectional Wan DiT)\n\n"
         f"{n / 1e6:.2f} M parameters ({cfg.model.num_layers} layers, dim {cfg.model.dim}, patch {tuple(cfg.model.patch_size)}), "
@@ -74,6 +79,7 @@ def main(argv=None) -> None:
         f"held-out (shape, colour, motion) combinations never seen). Training: `python train/teacher.py --config "
         f"configs/teacher_toy.yaml`, {state['step']} steps of batch {cfg.train.batch_size} (mean loss of the last 50 logged "
         f"steps {loss:.4f}); these are the EMA weights (decay {cfg.train.ema_decay}), stored in float16.\n\n"
+        f"## How it was trained\n\n{args.about or '(the command above, from scratch)'}\n\n"
         f"## Eval ({steps} Euler steps, CFG {guidance}, {args.prompts} prompts per row, streamgen.toyworld detector)\n\n"
         f"```\n{table}\n```\n\nMade by: `{cmd}`\n"
     )
