@@ -558,19 +558,25 @@ def optimizer_to(opt: torch.optim.Optimizer, device) -> None:
 
 @torch.no_grad()
 def stream_eval(model: CausalWanModel, vae, text, cfg: DistillRunConfig, *, num_prompts: int = 8,
-                num_frames: int = 49, seed: int = 1234, split: str = "train") -> tuple[list[dict], str]:
-    """Stream one clip per suite prompt through ``StreamingPipeline`` (the inference path) and score it."""
+                num_frames: int = 49, seed: int = 1234, split: str = "train",
+                video: str | Path | None = None) -> tuple[list[dict], str]:
+    """Stream one clip per suite prompt through ``StreamingPipeline`` (the inference path) and score it.
+    ``video``: also write the clips there, tiled into one mp4 (a run's periodic samples)."""
     from .eval_suite import mean_row, suite_specs
     from .pipeline import StreamingPipeline
     from .toyworld.evaluate import evaluate_clip, format_table
+    from .video import write_tiled
 
     p = next(model.parameters())
     pipe = StreamingPipeline(model, vae, text, cfg.stream_config(), device=p.device, dtype=p.dtype)
-    rows = []
+    rows, clips = [], []
     for i, spec in enumerate(suite_specs(num_prompts, split, seed)):
         caption = canonical_caption(spec)
         frames = pipe.generate(caption, num_frames=num_frames, seed=seed + i)
         rows.append(evaluate_clip(frames, spec).row(prompt=caption))
+        clips.append(frames)
+    if video is not None:
+        write_tiled(video, clips, cfg.video.fps)
     steps = len(cfg.sampler.denoising_steps)
     summary = mean_row(rows, model=f"student {steps} steps, {num_frames} frames", split=split)
     return [summary], format_table([summary])

@@ -1,6 +1,8 @@
 """Fixed evaluation suites: generate clips for a fixed set of prompts and score them with the toy detector."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -13,7 +15,7 @@ from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.evaluate import evaluate_clip, format_table
 from .toyworld.world import ClipSpec, sample_spec
 from .vae import VideoVAE, pixel_frames
-from .video import to_uint8
+from .video import to_uint8, write_tiled
 
 SUMMARY_KEYS = ("colour", "shape", "background", "motion", "presence", "speed_ratio")
 
@@ -58,8 +60,9 @@ def text_gain(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, latent_fr
 @torch.no_grad()
 def teacher_eval(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, cfg, *, num_prompts: int = 8,
                  steps: int = 30, guidance: float = 4.0, seed: int = 1234, split: str = "train",
-                 captions: str = "canonical") -> tuple[list[dict], str]:
-    """Sample one clip per prompt with many-step Euler + CFG; returns per-clip rows and a summary table."""
+                 captions: str = "canonical", video: str | Path | None = None) -> tuple[list[dict], str]:
+    """Sample one clip per prompt with many-step Euler + CFG; returns the summary row and its table.
+    ``video``: also write the clips there, tiled into one mp4 (a run's periodic samples)."""
     tc = cfg.train
     specs = suite_specs(num_prompts, split, seed)
     rng = np.random.default_rng(seed + 1)
@@ -67,7 +70,7 @@ def teacher_eval(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, cfg, *
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     model.eval()
     p = next(model.parameters())
-    rows = []
+    rows, clips = [], []
     sig = teacher_sigmas(steps, tc.timestep_shift)
     uncond = model.encode_context(text.encode([""]).to(p.device, p.dtype))
     for i, (spec, caption) in enumerate(zip(specs, texts)):
@@ -78,6 +81,9 @@ def teacher_eval(model: CausalWanModel, vae: VideoVAE, text: TextEncoder, cfg, *
         frames = to_uint8(vae.decode(lat.float()))
         assert len(frames) == pixel_frames(tc.latent_frames, vae.temporal)
         rows.append(evaluate_clip(frames, spec).row(prompt=caption))
+        clips.append(frames)
+    if video is not None:
+        write_tiled(video, clips, cfg.video.fps)
     summary = mean_row(rows, model=f"teacher {steps} steps cfg {guidance}", split=split, captions=captions)
     summary["text_gain"] = text_gain(model, vae, text, tc.latent_frames)
     return [summary], format_table([summary])

@@ -237,6 +237,12 @@ def optimizer_step(accelerator, loss: torch.Tensor, model, opt, sched, ema: EMA 
     return {"loss": loss.detach(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
 
 
+def eval_video(run: Run, step: int) -> Path:
+    """Where a run's eval at ``step`` writes its sampled clips (next to the table ``write_eval`` saves)."""
+    (run.dir / "eval").mkdir(exist_ok=True)
+    return run.dir / "eval" / f"step_{step:07d}.mp4"
+
+
 def write_eval(run: Run, step: int, table: str) -> None:
     """Save an eval table under ``run_dir/eval/`` and print it."""
     (run.dir / "eval").mkdir(exist_ok=True)

@@ -63,3 +63,28 @@ def read_video(path: str | Path) -> np.ndarray:
         return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
     finally:
         r.close()
+
+
+def tile_clips(clips: list[np.ndarray], cols: int = 4) -> np.ndarray:
+    """Clips ``[F, H, W, 3]`` of one size side by side: ``[F, rows * H, cols * W, 3]``, row-major, empty
+    tiles black (an eval's samples as one video)."""
+    if not clips:
+        raise ValueError("tile_clips needs at least one clip")
+    shape = clips[0].shape
+    if any(c.shape != shape for c in clips):
+        raise ValueError(f"tile_clips needs clips of one shape, got {sorted({c.shape for c in clips})}")
+    f, h, w, ch = shape
+    cols = min(cols, len(clips))
+    rows = -(-len(clips) // cols)
+    out = np.zeros((f, rows * h, cols * w, ch), clips[0].dtype)
+    for i, c in enumerate(clips):
+        r, k = divmod(i, cols)
+        out[:, r * h:(r + 1) * h, k * w:(k + 1) * w] = c
+    return out
+
+
+def write_tiled(path: str | Path, clips: list[np.ndarray], fps: int, cols: int = 4) -> Path:
+    """Write ``clips`` tiled (``tile_clips``) as one mp4; returns its path."""
+    with VideoWriter(path, fps) as w:
+        w.append(tile_clips(clips, cols))
+    return Path(path)

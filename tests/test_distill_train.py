@@ -131,6 +131,10 @@ def test_dmd_two_processes_kill_and_resume_repeats_the_uninterrupted_run(setup):
     evals = [json.loads(line) for line in (ref_dir / "log.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [e["step"] for e in evals] == [8] and evals[0]["eval"][0]["clips"] == 1  # streamed + scored
     assert (ref_dir / "eval" / "step_0000008.txt").is_file()
+    from streamgen.video import read_video
+
+    clip = read_video(ref_dir / "eval" / "step_0000008.mp4")  # the scored clip, as a video beside the table
+    assert clip.shape[0] > 0 and clip.std() > 0
     # the exported EMA student is a model directory the inference pipeline reads
     from streamgen.config import load_config
     from streamgen.loaders import load_wan_weights

@@ -89,7 +89,13 @@ def test_two_process_training_smoke(setup):
 def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
     run_dir = setup / "export"
     shutil.rmtree(run_dir, ignore_errors=True)
-    subprocess.run(cmd(setup, run_dir, 2), env=ENV, check=True, capture_output=True, timeout=300)
+    evals = ["train.eval_every=2", "train.eval_prompts=3", "train.eval_steps=2"]
+    subprocess.run(cmd(setup, run_dir, 2) + evals, env=ENV, check=True, capture_output=True, timeout=300)
+    from streamgen.video import read_video
+
+    # the training eval's samples: 3 clips of 5 frames (2 latent frames), 32x32, tiled 3 across
+    assert read_video(run_dir / "eval" / "step_0000002.mp4").shape == (5, 32, 96, 3)
+    assert (run_dir / "eval" / "step_0000002.txt").is_file()
     cfg = setup / "tiny_2.yaml"
     out = tmp_path / "teacher"
     r = subprocess.run([sys.executable, str(ROOT / "train" / "export_teacher.py"), "--config", str(cfg), "--out", str(out),

@@ -42,7 +42,7 @@ from streamgen.config import DistillRunConfig, load_config  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import few_step_sigmas, seeded_noise  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
-from streamgen.trainer import EMA, Run, finite_or_raise, warmup_lambda, write_eval  # noqa: E402
+from streamgen.trainer import EMA, Run, eval_video, finite_or_raise, warmup_lambda, write_eval  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 
 
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
 
     def eval_fn(step: int) -> dict:
         rows, table = D.stream_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, num_frames=d.eval_frames,
-                                    seed=1234)
+                                    seed=1234, video=eval_video(run, step))
         write_eval(run, step, table)
         return rows
 

@@ -5,8 +5,8 @@
     accelerate launch train/teacher.py --config ...                 # GPUs (NCCL; bf16 via train.mixed_precision)
 
 Resumes from ``train.run_dir`` automatically (``--fresh`` starts over). Writes ``log.jsonl`` with
-loss and throughput, checkpoints, and an eval table (detector accuracy of sampled clips) every
-``train.eval_every`` steps.
+loss and throughput, checkpoints, and every ``train.eval_every`` steps an eval table (detector accuracy
+of sampled clips, ``eval/step_N.txt``) with the clips themselves tiled into one video (``eval/step_N.mp4``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from streamgen.distill import flow_matching_loss  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep, x0_from_flow  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
-from streamgen.trainer import EMA, Run, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval  # noqa: E402
+from streamgen.trainer import (  # noqa: E402
+    EMA, Run, eval_video, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval)
 from streamgen.vae import load_vae  # noqa: E402
 
 
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
         from streamgen.eval_suite import teacher_eval
 
         rows, table = teacher_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, steps=tc.eval_steps,
-                                   guidance=tc.guidance_scale, seed=1234)
+                                   guidance=tc.guidance_scale, seed=1234, video=eval_video(run, step))
         write_eval(run, step, table)
         return rows
 
