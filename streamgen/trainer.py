@@ -165,6 +165,7 @@ class Run:
             return False
         state = load_checkpoint(ckpt, self.modules)
         fresh = [n for n in self.optimizers if f"optim_{n}" not in state]
+        configured = {n: list(s.base_lrs) for n, s in self.schedulers.items()}  # this launch's config
         for name, opt in self.optimizers.items():
             if name not in fresh:
                 opt.load_state_dict(state[f"optim_{name}"])
@@ -172,7 +173,15 @@ class Run:
         for name, sch in self.schedulers.items():
             if f"sched_{name}" in state:
                 sch.load_state_dict(state[f"sched_{name}"])
-            else:  # a weights-only snapshot: the LR schedule is a function of the global step, not of the restart
+            if f"sched_{name}" not in state or sch.base_lrs != configured[name]:
+                # The LR is a function of the global step and of this launch's config: a checkpoint's stored
+                # base LR would silently override a changed train.lr (or distill.lr_critic).
+                if sch.base_lrs != configured[name] and self.is_main:
+                    print(f"resume: {name} base LR {sch.base_lrs[0]:g} in the checkpoint, {configured[name][0]:g} "
+                          "in the config: using the config's", flush=True)
+                sch.base_lrs = configured[name]
+                for group, lr in zip(sch.optimizer.param_groups, configured[name]):
+                    group["initial_lr"] = lr
                 sch.last_epoch = self.step - 1
                 sch.step()
         if fresh and self.is_main:  # a weights-only snapshot (train/snapshot.py): Adam restarts

@@ -115,6 +115,21 @@ def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
     CausalWanModel(c.model).load_state_dict(load_file(str(out / "transformer.safetensors")), strict=True)
 
 
+def test_resume_uses_the_configs_learning_rate(setup):
+    """A changed ``train.lr`` on resume takes effect (the checkpoint's stored base LR used to win, silently),
+    and an unchanged one resumes on the stored schedule exactly."""
+    run_dir = setup / "relr"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    subprocess.run(cmd(setup, run_dir, 4), env=ENV, check=True, capture_output=True, timeout=300)
+    r = subprocess.run(cmd(setup, run_dir, 6) + ["train.lr=1e-4"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "using the config's" in r.stdout, r.stderr[-2000:]
+    lr = flags(run_dir, "lr")
+    assert [lr[s] for s in (4, 5, 6)] == pytest.approx([3e-4, 1e-4, 1e-4])  # past the 2-step warm-up
+    r = subprocess.run(cmd(setup, run_dir, 8) + ["train.lr=1e-4"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "using the config's" not in r.stdout
+    assert flags(run_dir, "lr")[8] == pytest.approx(1e-4)
+
+
 def test_weights_only_snapshot_restores_and_training_continues(setup, tmp_path):
     run_dir = setup / "snap_src"
     shutil.rmtree(run_dir, ignore_errors=True)
