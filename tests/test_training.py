@@ -113,6 +113,24 @@ def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
 
     c = load_config([out / "config.yaml"], schema=TeacherRunConfig)
     CausalWanModel(c.model).load_state_dict(load_file(str(out / "transformer.safetensors")), strict=True)
+    # an earlier checkpoint by name; a directory that is not a checkpoint is refused by name
+    subprocess.run(cmd(setup, run_dir, 4), env=ENV, check=True, capture_output=True, timeout=300)
+    base = [sys.executable, str(ROOT / "train" / "export_teacher.py"), "--config", str(cfg), "--prompts", "1", "--steps", "2",
+            f"train.run_dir={run_dir}", f"vae_path={setup / 'vae'}"]
+    old = run_dir / "checkpoints" / "step_0000002"
+    r = subprocess.run(base + ["--out", str(tmp_path / "t2"), "--checkpoint", str(old)], env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "2 steps of batch 2" in (tmp_path / "t2" / "README.md").read_text(), r.stderr[-2000:]
+    from safetensors.torch import load_file as lf
+
+    assert torch_equal_half(lf(str(tmp_path / "t2" / "transformer.safetensors")), lf(str(old / "ema.safetensors")))
+    r = subprocess.run(base + ["--out", str(tmp_path / "t3"), "--checkpoint", str(tmp_path)], env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "not a teacher checkpoint" in r.stderr
+
+
+def torch_equal_half(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all((a[k] == b[k].half()).all() for k in a)
 
 
 def test_resume_uses_the_configs_learning_rate(setup):

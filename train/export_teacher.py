@@ -40,12 +40,16 @@ def main(argv=None) -> None:
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: train.guidance_scale)")
     ap.add_argument("--about", default="", help="how the teacher was trained, when one command does not say it "
                     "(warm starts, resumed runs with new settings; markdown, goes into the model card)")
+    ap.add_argument("--checkpoint", default=None, help="a checkpoint directory of the run (default: its latest)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg: TeacherRunConfig = load_config(args.config, args.overrides, schema=TeacherRunConfig)
-    ckpt = latest_checkpoint(cfg.train.run_dir)
+    ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(cfg.train.run_dir)
     if ckpt is None:
         raise SystemExit(f"no checkpoint in {cfg.train.run_dir}/checkpoints: train first (train/teacher.py)")
+    if not (ckpt / "ema.safetensors").is_file():
+        raise SystemExit(f"{ckpt} is not a teacher checkpoint (no ema.safetensors): pass a "
+                         f"{cfg.train.run_dir}/checkpoints/step_N directory")
     model, ema = CausalWanModel(cfg.model), CausalWanModel(cfg.model)
     state = load_checkpoint(ckpt, {"model": model, "ema": ema})
     ema.eval()
@@ -66,7 +70,8 @@ def main(argv=None) -> None:
     (out / "config.yaml").write_text(to_yaml(cfg))
     n = sum(p.numel() for p in ema.parameters())
     log = Path(cfg.train.run_dir) / "log.jsonl"
-    last = [json.loads(line) for line in log.read_text().splitlines() if '"loss"' in line][-50:] if log.is_file() else []
+    logged = [json.loads(line) for line in log.read_text().splitlines() if '"loss"' in line] if log.is_file() else []
+    last = [r for r in logged if r["step"] <= state["step"]][-50:]  # up to the exported step
     loss = sum(r["loss"] for r in last) / max(len(last), 1)
     cmd = command_line("train/export_teacher.py", argv)
     (out / "README.md").write_text(
