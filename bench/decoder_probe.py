@@ -1,7 +1,7 @@
 """Does a decoder change what the detector sees in generated videos? The same generated latents,
 decoded by each VAE given (the PCA decoder vs a learned one), scored with the toy-world detector.
 
-    python bench/decoder_probe.py --teacher runs/teacher --vae assets/vae --vae runs/vae_refined \
+    python bench/decoder_probe.py --teacher assets/teacher --vae assets/vae --vae runs/vae_refined \
         [--prompts 32] [--steps 30] [--guidance 2] [--student runs/ode_init/student]
 
 Teacher rows: one 4-latent-frame clip per canonical training prompt, many-step Euler with CFG
@@ -19,8 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from streamgen.checkpoint import latest_checkpoint  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
+from streamgen.distill import load_weights  # noqa: E402
 from streamgen.eval_suite import mean_row, suite_specs  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.rollout import sample_full  # noqa: E402
@@ -50,7 +50,8 @@ class TruncatedDecode:
 @torch.no_grad()
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default="runs/teacher", help="teacher run directory (latest checkpoint's EMA)")
+    ap.add_argument("--teacher", default="assets/teacher", help="teacher weights: a model directory (assets/teacher), "
+                    "a run directory (its latest checkpoint's EMA), a checkpoint directory or a file")
     ap.add_argument("--config", default=str(ROOT / "configs" / "teacher_toy.yaml"))
     ap.add_argument("--vae", action="append", required=True, help="VAE directory (repeat: the first is the reference)")
     ap.add_argument("--prompts", type=int, default=32)
@@ -73,10 +74,7 @@ def main(argv=None) -> None:
     if args.teacher:
         cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
         model = CausalWanModel(cfg.model)
-        ckpt = latest_checkpoint(args.teacher)
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
+        src = load_weights(model, args.teacher, "ema")
         model.eval()
         text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
         ref = next(iter(vaes.values()))
@@ -92,7 +90,7 @@ def main(argv=None) -> None:
             for v, vae in vaes.items():
                 per[v].append(evaluate_clip(to_uint8(vae.decode(lat.float())), spec).row())
         for v in vaes:
-            rows.append(mean_row(per[v], model=f"teacher ({ckpt.name}) {args.steps} steps cfg {args.guidance}", vae=v))
+            rows.append(mean_row(per[v], model=f"teacher ({src.parent.name}) {args.steps} steps cfg {args.guidance}", vae=v))
     if args.student:
         from streamgen.pipeline import StreamingPipeline
 
