@@ -1,9 +1,9 @@
 """Export the teacher's EMA weights with a model card and its eval table.
 
     python train/export_teacher.py --config configs/teacher_toy.yaml [--out assets/teacher] [--prompts 32] \
-        [--about "how it was trained"]
+        [--about "how it was trained"] [--checkpoint RUN/checkpoints/step_N]
 
-Reads the latest checkpoint of ``train.run_dir``, evaluates the EMA weights with the toy-world
+Reads the latest checkpoint of ``train.run_dir`` (or ``--checkpoint``), evaluates the EMA weights with the toy-world
 detector (canonical, paraphrased and held-out prompts; many-step Euler with classifier-free
 guidance) and writes ``transformer.safetensors`` (float16, to keep ``assets/`` small), ``config.yaml``
 and ``README.md`` (how it was trained, the eval table, the command that made it).
