@@ -253,9 +253,8 @@ def eval_video(run: Run, step: int) -> Path:
 
 
 def write_eval(run: Run, step: int, table: str) -> None:
-    """Save an eval table under ``run_dir/eval/`` and print it."""
-    (run.dir / "eval").mkdir(exist_ok=True)
-    (run.dir / "eval" / f"step_{step:07d}.txt").write_text(table + "\n")
+    """Save an eval table under ``run_dir/eval/`` (beside its clips, ``eval_video``) and print it."""
+    eval_video(run, step).with_suffix(".txt").write_text(table + "\n")
     print(f"\n[eval @ {step}]\n{table}", flush=True)
 
 
