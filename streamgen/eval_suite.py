@@ -13,7 +13,7 @@ from .sampler import teacher_sigmas
 from .text import TextEncoder
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.evaluate import evaluate_clip, format_table
-from .toyworld.world import ClipSpec, sample_spec
+from .toyworld.world import ClipSpec, stratified_specs
 from .vae import VideoVAE, pixel_frames
 from .video import to_uint8, write_tiled
 
@@ -21,8 +21,11 @@ SUMMARY_KEYS = ("colour", "shape", "background", "motion", "presence", "speed_ra
 
 
 def suite_specs(n: int, split: str = "train", seed: int = 1234) -> list[ClipSpec]:
-    rng = np.random.default_rng(seed)
-    return [sample_spec(rng, split) for _ in range(n)]
+    """The eval's prompt set: shapes, motions and colours spread evenly (`stratified_specs`).
+
+    Tables before session 9 (2026-12-02) used n independent `sample_spec` draws, whose small sets were
+    lopsided (the 16-prompt training eval held 7 stars and no circle, which flattered shape)."""
+    return stratified_specs(n, split, seed)
 
 
 def mean_row(rows: list[dict], **label) -> dict:

@@ -167,18 +167,27 @@ def sample_full(
     guidance_scale: float = 1.0,
     attn=None,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    guide: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    guide_scale: float = 1.0,
 ) -> torch.Tensor:
     """Many-step Euler sampling of a whole clip (bidirectional teacher, or a causal student with
     a ``BlockCausalPlan``), with classifier-free guidance when ``uncond`` is given. A self-conditioned
     model (``model.config.self_conditioning``) gets the previous step's guided x0 estimate. ``on_step(i, x, x0)``
-    sees the latents entering step ``i`` and that step's guided x0 estimate."""
+    sees the latents entering step ``i`` and that step's guided x0 estimate.
+
+    ``guide(x, t, x0_prev)``: a weaker model's conditional flow (autoguidance, Karras et al. 2024, "Guiding a
+    Diffusion Model with a Bad Version of Itself"); the prediction moves ``guide_scale - 1`` times the
+    difference between this model and the guide further from the guide, on top of CFG."""
     x0_prev = None
 
     def predict(x, t):
         cond = model(x, t, context, attn, x0_prev)
-        if uncond is None or guidance_scale == 1.0:
-            return cond
-        return cfg_combine(cond, model(x, t, uncond, attn, x0_prev), guidance_scale)
+        out = cond
+        if uncond is not None and guidance_scale != 1.0:
+            out = cfg_combine(cond, model(x, t, uncond, attn, x0_prev), guidance_scale)
+        if guide is not None and guide_scale != 1.0:
+            out = out + (guide_scale - 1.0) * (cond - guide(x, t, x0_prev))
+        return out
 
     x = noise
     for i in range(len(sigmas) - 1):

@@ -71,3 +71,28 @@ def test_sample_full_feeds_each_step_the_previous_guided_x0():
     grid, keep = D.ode_grid([0.9, 0.5], 6, 3.0)
     traj = D.ode_trajectory(model, ctx, unc, x, grid, keep, 2.0)
     torch.testing.assert_close(traj[:, -1], sample_full(model, ctx, unc, x, grid, 2.0), rtol=1e-5, atol=1e-6)
+
+
+def test_autoguidance_follows_an_explicit_loop_and_vanishes_against_itself():
+    """``sample_full(guide=..., guide_scale=s)`` adds (s - 1) * (model - guide) to the CFG flow, with the guide
+    (a weaker, shallower model: its own text projection, the same x0 estimate) called at every step."""
+    model = randomized(CausalWanModel(SC), seed=2).eval()
+    weak = randomized(CausalWanModel(dataclasses.replace(SC, num_layers=1)), seed=5).eval()
+    x, _, ctx_states, _ = inputs(3)
+    ctx, unc = model.encode_context(ctx_states), model.encode_context(torch.zeros_like(ctx_states))
+    wctx = weak.encode_context(ctx_states)
+    sig = teacher_sigmas(6, 3.0)
+    ref, prev = x, None
+    with torch.no_grad():
+        for i in range(len(sig) - 1):
+            t = torch.full((2,), float(timestep(sig[i])))
+            cond = model(ref, t, ctx, None, prev)
+            flow = cfg_combine(cond, model(ref, t, unc, None, prev), 2.0) + 1.5 * (cond - weak(ref, t, wctx, None, prev))
+            prev = x0_from_flow(ref, flow, sig[i])
+            ref = ref + (sig[i + 1] - sig[i]) * flow
+        got = sample_full(model, ctx, unc, x, sig, 2.0, guide=lambda a, t, p: weak(a, t, wctx, None, p), guide_scale=2.5)
+        plain = sample_full(model, ctx, unc, x, sig, 2.0)
+        itself = sample_full(model, ctx, unc, x, sig, 2.0, guide=lambda a, t, p: model(a, t, ctx, None, p), guide_scale=3.0)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4)
+    assert (got - plain).abs().max() > 1e-2
+    torch.testing.assert_close(itself, plain, rtol=1e-5, atol=1e-6)

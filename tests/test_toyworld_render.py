@@ -24,6 +24,7 @@ from streamgen.toyworld.world import (
     is_heldout,
     max_size,
     sample_spec,
+    stratified_specs,
 )
 
 
@@ -206,6 +207,28 @@ def test_heldout_split():
     assert {s.combo for s in held} == set(HELDOUT_COMBOS)
     anyway = [sample_spec(rng, "any") for _ in range(2000)]
     assert 0.05 < np.mean([is_heldout(s) for s in anyway]) < 0.15
+
+
+@pytest.mark.parametrize("split, n", [("train", 16), ("train", 32), ("heldout", 32), ("any", 70)])
+def test_stratified_specs_spread_shapes_motions_and_colours(split, n):
+    """Eval prompt sets: every shape, motion and colour as often as the split allows (independent
+    draws of 16 gave 7 stars and no circle), combinations not repeated before the pool is used up,
+    the split respected, and the same seed gives the same set."""
+    specs = stratified_specs(n, split, seed=4321)
+    assert specs == stratified_specs(n, split, seed=4321)
+    assert specs != stratified_specs(n, split, seed=4322)
+    for attr, values in (("shape", SHAPES), ("motion", MOTIONS), ("colour", COLOURS)):
+        counts = [sum(getattr(s, attr) == v for s in specs) for v in values]
+        slack = 1 if attr == "shape" or split != "heldout" else 2  # held out: few motions per shape
+        assert max(counts) - min(counts) <= slack, (attr, counts)
+    pool = HELDOUT_COMBOS if split == "heldout" else TRAIN_COMBOS if split == "train" else None
+    if pool is not None:
+        assert all(s.combo in pool for s in specs)
+    combos = [s.combo for s in specs]
+    assert len(set(combos)) == min(n, len(pool) if pool is not None else n)
+    for spec in specs:  # the rest of the spec is drawn as for training clips
+        x_lo, x_hi, y_lo, y_hi = centre_bounds(spec.shape, max_size(spec.motion, spec.size))
+        assert spec.colour != spec.background and x_lo < spec.x < x_hi and y_lo < spec.y < y_hi
 
 
 def test_samples_are_valid():

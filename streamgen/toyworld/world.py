@@ -267,10 +267,45 @@ def sample_spec(rng: np.random.Generator, split: Split = "train") -> ClipSpec:
     slowly / default / quickly for moving motions; size an integer in [SIZE_MIN, SIZE_MAX];
     centre uniform in the reachable range shrunk by START_MARGIN_PX.
     """
+    pool = _combo_pool(split)
+    return _spec_for_combo(rng, pool[int(rng.integers(len(pool)))])
+
+
+def stratified_specs(n: int, split: Split = "train", seed: int = 1234) -> list[ClipSpec]:
+    """n ClipSpecs whose shapes, then motions, then colours are as evenly spread as the split allows.
+
+    For eval prompt sets: independent draws leave small sets lopsided (16 draws gave 7 stars and no
+    circle), and the detector reads a blocky sprite as a square or star far more often than as a
+    circle, so an unbalanced set misstates shape accuracy. Each prompt takes the combination whose
+    (times used, shape count, motion count, colour count) is smallest, ties broken at random; the
+    rest of the spec (background, speed, size, position) is drawn as in `sample_spec`.
+    """
+    rng = np.random.default_rng(seed)
+    pool = _combo_pool(split)
+    used: dict[tuple[str, str, str], int] = {c: 0 for c in pool}
+    counts: dict[str, int] = {v: 0 for v in (*SHAPES, *MOTIONS, *COLOURS)}
+    specs = []
+    for _ in range(n):
+        keys = [(used[(s, c, m)], counts[s], counts[m], counts[c]) for s, c, m in pool]
+        best = min(keys)
+        ties = [combo for combo, key in zip(pool, keys) if key == best]
+        combo = ties[int(rng.integers(len(ties)))]
+        used[combo] += 1
+        for v in combo:
+            counts[v] += 1
+        specs.append(_spec_for_combo(rng, combo))
+    return specs
+
+
+def _combo_pool(split: Split) -> tuple[tuple[str, str, str], ...]:
     pool = {"train": TRAIN_COMBOS, "heldout": _HELDOUT_SORTED, "any": _ALL_COMBOS}.get(split)
     if pool is None:
         raise ValueError(f"split must be 'train', 'heldout' or 'any', not {split!r}")
-    shape, colour, motion = pool[int(rng.integers(len(pool)))]
+    return pool
+
+
+def _spec_for_combo(rng: np.random.Generator, combo: tuple[str, str, str]) -> ClipSpec:
+    shape, colour, motion = combo
     others = [c for c in COLOURS if c != colour]
     background = others[int(rng.integers(len(others)))]
     speed: str | None = None
@@ -291,5 +326,5 @@ __all__ = [
     "PALETTE_RGB", "PULSE_AMPLITUDE", "PULSE_PERIOD_FRAMES", "PULSE_PERIOD_S", "SHAPES",
     "SHAPE_EXTENTS", "SIZE_MAX", "SIZE_MIN", "SPEED_NAMES", "SPEED_PX", "STAR_INNER_RATIO",
     "STAR_POINTS", "START_MARGIN_PX", "STATIC_MOTIONS", "TRAIN_COMBOS", "axis_speeds",
-    "centre_bounds", "is_heldout", "max_size", "sample_spec", "speed_px",
+    "centre_bounds", "is_heldout", "max_size", "sample_spec", "speed_px", "stratified_specs",
 ]
