@@ -9,7 +9,9 @@ Samples one clip per training prompt (Euler, CFG) and prints:
 - along the path, the RMS of the guided x0 prediction's coarse (0-7) and detail (16-63) PCA channels at
   the final sample's foreground positions, next to real clips' at their object positions (a smeared,
   faint object: large area, low RMS);
-- the detector's blob count per decoded frame (presence needs exactly one blob of >= 20 px).
+- the detector's blob count per decoded frame (presence needs exactly one blob of >= 20 px), and the
+  fraction of one-blob frames by frame index (frame 0 is its own latent frame; ``train.latent_frames=1``
+  samples still images).
 ``--path-png`` also writes, per prompt (rows), the first decoded frame of the guided x0 prediction at every
 third step and of the final sample (columns): where along the path an object's form is settled.
 """
@@ -20,6 +22,7 @@ import collections
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,14 +82,18 @@ def main(argv=None) -> None:
     print(f"real clips at object positions: coarse RMS {rms(real, real_fg, coarse):.3f}, detail RMS {rms(real, real_fg, detail):.3f}")
     for s, x0 in path[:: max(1, len(path) // 10)] + [path[-1]]:
         print(f"sigma {s:.3f}: x0 coarse RMS {rms(x0, fg, coarse):.3f}, detail RMS {rms(x0, fg, detail):.3f}")
-    blobs = collections.Counter()
+    blobs, per_frame = collections.Counter(), []
     for i in range(n):
-        blobs.update(detect_frames(to_uint8(vae.decode(x[i : i + 1].float()))).n_blobs.tolist())
+        counts = detect_frames(to_uint8(vae.decode(x[i : i + 1].float()))).n_blobs
+        blobs.update(counts.tolist())
+        per_frame.append(counts == 1)
     total = sum(blobs.values())
     print("blobs per frame: " + ", ".join(f"{k}: {v / total:.2f}" for k, v in sorted(blobs.items())))
+    # frame 0 is a latent frame of its own (causal VAE: 1 + 4k frames), later latent frames hold 4 pixel frames
+    one = torch.tensor(np.stack(per_frame)).float().mean(0)
+    print("one-blob fraction by pixel frame: " + " ".join(f"{v:.2f}" for v in one.tolist()))
     if args.path_png:
         import imageio.v3 as iio
-        import numpy as np
 
         snaps = [x0 for _, x0 in path[::3]] + [x]
         print("path columns at sigma " + ", ".join(f"{s:.2f}" for s, _ in path[::3]) + ", final sample")

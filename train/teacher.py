@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import object_crop, toy_batch  # noqa: E402
 from streamgen.distill import flow_matching_loss  # noqa: E402
+# Imported now, not at the first eval: a run lasts hours, and a module edited meanwhile must not mix with
+# the ones already loaded (session 9: an eval crashed on an eval_suite newer than the world module).
+from streamgen.eval_suite import teacher_eval  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep, x0_from_flow  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
@@ -113,8 +116,6 @@ def main(argv=None) -> None:
                 "self_cond": float(x0_prev is not None)}
 
     def eval_fn(step: int) -> dict:
-        from streamgen.eval_suite import teacher_eval
-
         rows, table = teacher_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, steps=tc.eval_steps,
                                    guidance=tc.guidance_scale, seed=1234, video=eval_video(run, step))
         write_eval(run, step, table)
