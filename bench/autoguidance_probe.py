@@ -16,7 +16,6 @@ teacher can be guided by a 6-block one; the rest of the model config comes from 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -24,11 +23,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from safetensors.torch import load_file  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.distill import load_weights, resolve_weights  # noqa: E402
 from streamgen.eval_suite import mean_row, suite_specs  # noqa: E402
+from streamgen.loaders import num_blocks  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.rollout import sample_full  # noqa: E402
 from streamgen.sampler import teacher_sigmas  # noqa: E402
@@ -41,8 +41,8 @@ from streamgen.video import to_uint8  # noqa: E402
 
 def load_teacher(cfg, source: str) -> CausalWanModel:
     """A teacher from ``source`` with ``cfg.model``, its depth taken from the weights."""
-    keys = load_file(str(resolve_weights(source, "ema"))).keys()
-    depth = 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k)))
+    with safe_open(str(resolve_weights(source, "ema")), "pt") as f:  # the key names only, no tensors
+        depth = num_blocks(f.keys())
     model = CausalWanModel(type(cfg.model)(**{**vars(cfg.model), "num_layers": depth}))
     load_weights(model, source, "ema")
     return model.eval()

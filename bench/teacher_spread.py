@@ -90,8 +90,8 @@ def main(argv=None) -> None:
     total = sum(blobs.values())
     print("blobs per frame: " + ", ".join(f"{k}: {v / total:.2f}" for k, v in sorted(blobs.items())))
     # frame 0 is a latent frame of its own (causal VAE: 1 + 4k frames), later latent frames hold 4 pixel frames
-    one = torch.tensor(np.stack(per_frame)).float().mean(0)
-    print("one-blob fraction by pixel frame: " + " ".join(f"{v:.2f}" for v in one.tolist()))
+    one = np.stack(per_frame).mean(0)
+    print("one-blob fraction by pixel frame: " + " ".join(f"{v:.2f}" for v in one))
     if args.path_png:
         import imageio.v3 as iio
 

@@ -45,8 +45,12 @@ from .model import CausalWanModel, TextContext
 from .rollout import commit_chunk, generate_chunk, recache, remember_chunk
 from .sampler import (add_noise, cfg_combine, flow_loss_weight, flow_target, shift_sigma, stable_seed, teacher_sigmas,
                       timestep, x0_from_flow)
+from .eval_suite import mean_row, suite_specs
+from .pipeline import StreamingPipeline
 from .toyworld.captions import canonical_caption, paraphrase
+from .toyworld.evaluate import evaluate_clip, format_table
 from .toyworld.world import ClipSpec, sample_spec
+from .video import write_tiled
 
 # purposes of the seeded generators (with seed, step, rank)
 KEY_PLAN, KEY_PROMPT, KEY_SWITCH_PROMPT, KEY_NOISE, KEY_CONTEXT_NOISE, KEY_DMD, KEY_CRITIC, KEY_ODE = (
@@ -562,11 +566,6 @@ def stream_eval(model: CausalWanModel, vae, text, cfg: DistillRunConfig, *, num_
                 video: str | Path | None = None) -> tuple[list[dict], str]:
     """Stream one clip per suite prompt through ``StreamingPipeline`` (the inference path) and score it.
     ``video``: also write the clips there, tiled into one mp4 (a run's periodic samples)."""
-    from .eval_suite import mean_row, suite_specs
-    from .pipeline import StreamingPipeline
-    from .toyworld.evaluate import evaluate_clip, format_table
-    from .video import write_tiled
-
     p = next(model.parameters())
     pipe = StreamingPipeline(model, vae, text, cfg.stream_config(), device=p.device, dtype=p.dtype)
     rows, clips = [], []

@@ -591,12 +591,16 @@ def merge_lora(state_dict: Mapping[str, Tensor], lora_sd: Mapping[str, Tensor], 
 # --------------------------------------------------------------------------- loading
 
 
+def num_blocks(keys: Iterable[str]) -> int:
+    """Transformer blocks in diffusers-named weights (``blocks.N.``): 0 if none."""
+    return 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+
+
 def _summary(sd: Mapping[str, Tensor]) -> str:
     """Infer the transformer config from diffusers-named weights, for error messages."""
     parts: list[str] = []
-    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
-    if blocks:
-        parts.append(f"num_layers={max(blocks) + 1}")
+    if blocks := num_blocks(sd):
+        parts.append(f"num_layers={blocks}")
     pe = sd.get("patch_embedding.weight")
     if pe is not None and pe.ndim == 5:
         parts.append(f"dim={pe.shape[0]}")

@@ -38,7 +38,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen import distill as D  # noqa: E402
-from streamgen import eval_suite, pipeline  # noqa: E402, F401  (stream_eval's; loaded at start, not mid-run)
 from streamgen.config import DistillRunConfig, load_config  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import few_step_sigmas, seeded_noise  # noqa: E402
