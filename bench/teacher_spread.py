@@ -9,6 +9,9 @@ Samples one clip per training prompt (Euler, CFG) and prints:
 - along the path, the RMS of the guided x0 prediction's coarse (0-7) and detail (16-63) PCA channels at
   the final sample's foreground positions, next to real clips' at their object positions (a smeared,
   faint object: large area, low RMS);
+- the colour coherence of the decoded objects: the fraction of foreground pixels (>= the detector's
+  threshold from the border's palette colour) whose nearest palette colour is the frame's most common
+  one among them, next to real clips' (a colour mosaic of 8x8-pixel cells scores low);
 - the detector's blob count per decoded frame (presence needs exactly one blob of >= 20 px), and the
   fraction of one-blob frames by frame index (frame 0 is its own latent frame; ``train.latent_frames=1``
   samples still images).
@@ -27,17 +30,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from safetensors.torch import load_file  # noqa: E402
 
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
+from streamgen.distill import load_weights  # noqa: E402
 from streamgen.eval_suite import suite_specs  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.rollout import sample_full  # noqa: E402
 from streamgen.sampler import foreground_mask, teacher_sigmas  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
-from streamgen.toyworld.detector import detect_frames  # noqa: E402
+from streamgen.toyworld.detector import DEFAULT_CONFIG, detect_frames, nearest_palette  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
@@ -47,6 +50,22 @@ def rms(x: torch.Tensor, mask: torch.Tensor, channels: slice) -> float:
 
 
 @torch.no_grad()
+def colour_coherence(frames: np.ndarray) -> np.ndarray:
+    """Per frame of uint8 ``[F, H, W, 3]``: the share of foreground pixels whose nearest palette colour is
+    the most common one among them (NaN without foreground). Foreground: farther than the detector's
+    ``fg_threshold`` from the mean of the border pixels in the border's most common palette colour."""
+    out = np.full(len(frames), np.nan)
+    for i, f in enumerate(frames.astype(np.float32)):
+        border = np.concatenate([f[0], f[-1], f[1:-1, 0], f[1:-1, -1]])
+        near = nearest_palette(border)
+        bg = border[near == np.bincount(near).argmax()].mean(0)
+        fg = ((f - bg) ** 2).sum(-1) > DEFAULT_CONFIG.fg_threshold**2
+        if fg.any():
+            counts = np.bincount(nearest_palette(f[fg]))
+            out[i] = counts.max() / counts.sum()
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True, help="a safetensors state dict (e.g. a checkpoint's ema.safetensors)")
@@ -60,7 +79,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
     model = CausalWanModel(cfg.model)
-    model.load_state_dict(load_file(args.weights))
+    load_weights(model, args.weights)
     model.eval()
     vae = load_vae(cfg.vae_path)
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
@@ -82,11 +101,15 @@ def main(argv=None) -> None:
     print(f"real clips at object positions: coarse RMS {rms(real, real_fg, coarse):.3f}, detail RMS {rms(real, real_fg, detail):.3f}")
     for s, x0 in path[:: max(1, len(path) // 10)] + [path[-1]]:
         print(f"sigma {s:.3f}: x0 coarse RMS {rms(x0, fg, coarse):.3f}, detail RMS {rms(x0, fg, detail):.3f}")
-    blobs, per_frame = collections.Counter(), []
+    blobs, per_frame, coherence = collections.Counter(), [], []
     for i in range(n):
-        counts = detect_frames(to_uint8(vae.decode(x[i : i + 1].float()))).n_blobs
+        frames = to_uint8(vae.decode(x[i : i + 1].float()))
+        coherence.append(colour_coherence(frames))
+        counts = detect_frames(frames).n_blobs
         blobs.update(counts.tolist())
         per_frame.append(counts == 1)
+    real_coherence = np.concatenate([colour_coherence(to_uint8(vae.decode(real[i : i + 1].float()))) for i in range(len(real))])
+    print(f"colour coherence: samples {np.nanmean(np.concatenate(coherence)):.3f}, real clips {np.nanmean(real_coherence):.3f}")
     total = sum(blobs.values())
     print("blobs per frame: " + ", ".join(f"{k}: {v / total:.2f}" for k, v in sorted(blobs.items())))
     # frame 0 is a latent frame of its own (causal VAE: 1 + 4k frames), later latent frames hold 4 pixel frames

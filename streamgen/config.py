@@ -46,6 +46,12 @@ class ModelConfig:
     # earlier instead of redrawing it from noise. The patch embedding takes 2 x in_channels; the second half
     # is zero-initialised by a warm start, which keeps the source model's function.
     self_conditioning: bool = False
+    # Low-rank (bottleneck) patch embedding (JiT, Li & He 2025): tokens are projected to this many numbers
+    # before the linear map up to the model width; 0 = Wan's single patch convolution. The toy teacher's
+    # tokens (2x2 positions x 64 PCA channels, x2 with self-conditioning) are wider than the model, and its
+    # full-rank embedding has a flat spectrum: every direction of the residual stream carries input noise.
+    # Warm-started at rank 128 (session 10, bench/RESULTS.md) it drew less mosaic but lost low-noise detail.
+    patch_embed_rank: int = 0
 
     @property
     def dim(self) -> int:
@@ -58,6 +64,8 @@ class ModelConfig:
             raise ConfigError(f"model.patch_size must be (t, h, w), got {self.patch_size}")
         if self.prediction not in ("flow", "x0"):
             raise ConfigError(f"model.prediction must be 'flow' or 'x0', got {self.prediction!r}")
+        if self.patch_embed_rank < 0:
+            raise ConfigError(f"model.patch_embed_rank must be 0 (Wan's full-rank embedding) or positive, got {self.patch_embed_rank}")
         if self.qk_norm != "rms_norm_across_heads":
             raise ConfigError(f"model.qk_norm: only 'rms_norm_across_heads' (Wan2.1) is supported, got {self.qk_norm!r}")
 
@@ -229,6 +237,12 @@ class TrainConfig:
     loss_sigma_floor: float = 0.0  # flow MSE weight min(1, (sigma / floor)^2); see sampler.flow_loss_weight
     foreground_boost: float = 0.0  # flow MSE weight 1 + boost on object positions (sampler.foreground_weight); 0 = off
     foreground_dilate: int = 0  # grow the object mask by this many latent positions (penalises colour spilt round it)
+    # Path correction (exposure bias; distill.path_correction_input): on this fraction of steps, samples with sigma in
+    # ``path_sigma_range`` [lo, hi) train on the model's own x0 estimate from a level drawn in [sigma, hi], noised back
+    # down to sigma, against the real clip. Session 10: samples keep the colour mosaic that the x0 estimates at sigma
+    # 0.75-0.9 put on the path, while estimates from real noised clips at lower sigma are clean. 0 = off.
+    path_correction: float = 0.0
+    path_sigma_range: tuple[float, float] = (0.3, 0.9)
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -255,6 +269,10 @@ class TrainConfig:
         if self.crop < 0 or self.crop_every < 0 or self.crop_every == 1 or (self.crop > 0) != (self.crop_every > 0):
             raise ConfigError(f"train.crop (latent positions, > 0) and train.crop_every (>= 2) are set together or "
                               f"both 0 (off), got crop={self.crop} crop_every={self.crop_every}")
+        lo, hi = self.path_sigma_range
+        if not (0.0 <= self.path_correction <= 1.0 and 0.0 < lo <= hi < 1.0):
+            raise ConfigError(f"train.path_correction must be in [0, 1] and train.path_sigma_range a (lo, hi) with "
+                              f"0 < lo <= hi < 1, got {self.path_correction} and {self.path_sigma_range}")
         if self.foreground_dilate < 0:
             raise ConfigError(f"train.foreground_dilate must be >= 0, got {self.foreground_dilate}")
         if self.foreground_boost < 0:

@@ -232,6 +232,22 @@ def flow_matching_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor
     return (flow_loss_weight(sigma.float(), sigma_floor) * per_sample).mean()
 
 
+def path_correction_input(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, sigma_from: torch.Tensor,
+                          estimate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training input at ``sigma`` [B] built as a sampler's path builds it: the clean estimate ``estimate(x, s)``
+    of ``x0`` noised to the higher level ``sigma_from`` [B], noised back down to ``sigma`` with the same noise
+    (a DDIM step). The target stays the real ``x0``, so the model learns to repair the errors its own
+    estimates leave along the path (exposure bias) instead of only denoising exact noised data.
+    Returns ``(x_sigma, noise_eff)``: ``noise_eff = (x_sigma - (1 - sigma) x0) / sigma`` makes
+    ``flow_matching_loss(pred, x0, noise_eff, sigma)`` the usual x0 error of ``pred`` at ``x_sigma``."""
+    view = (-1,) + (1,) * (x0.ndim - 1)
+    s, s_from = sigma.view(view), sigma_from.view(view)
+    with torch.no_grad():
+        x0_hat = estimate(add_noise(x0, noise, s_from), sigma_from).to(x0.dtype)
+    x = add_noise(x0_hat, noise, s)
+    return x, (x - (1 - s) * x0) / s
+
+
 # ---------------------------------------------------------------------------------------------
 # Self-Forcing rollouts with streaming long tuning and prompt switches
 # ---------------------------------------------------------------------------------------------
@@ -495,15 +511,41 @@ def match_self_conditioning(state: dict[str, torch.Tensor], model: torch.nn.Modu
     a plain source gains zero weights for the x0 input (same function), a self-conditioned source loses them
     (its function with no x0 estimate, which it was trained on too). Other shapes are left to the strict load."""
     key = "patch_embedding.weight"
-    want = model.state_dict().get(key)
     have = state.get(key)
-    if want is None or have is None or want.shape == have.shape or want.shape[0] != have.shape[0]:
+    mc = model.config
+    want = mc.in_channels * (2 if mc.self_conditioning else 1)
+    if have is None or have.ndim != 5 or have.shape[0] != mc.dim or have.shape[1] == want:
         return state
-    if want.shape[1] == 2 * have.shape[1]:
+    if want == 2 * have.shape[1]:
         return {**state, key: torch.cat([have, torch.zeros_like(have)], dim=1)}
-    if 2 * want.shape[1] == have.shape[1]:
-        return {**state, key: have[:, : want.shape[1]].contiguous()}
+    if 2 * want == have.shape[1]:
+        return {**state, key: have[:, :want].contiguous()}
     return state
+
+
+def factor_patch_embedding(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with a full-rank patch embedding (``patch_embedding.weight`` / ``.bias``) replaced by
+    ``model``'s low-rank one (``model.patch_embed_rank`` = r): the truncated SVD ``W ~ U_r S_r V_r^T``, split as
+    ``down = S_r^1/2 V_r^T``, ``up = U_r S_r^1/2`` (the best rank-r approximation: the same function when r
+    is the full rank). Other states are returned unchanged."""
+    rank = model.config.patch_embed_rank
+    full = state.get("patch_embedding.weight")
+    if not rank or full is None:
+        return state
+    u, s, vh = torch.linalg.svd(full.float().flatten(1), full_matrices=False)
+    if rank > len(s):
+        raise ValueError(f"model.patch_embed_rank={rank} exceeds the rank of the source's patch embedding ({len(s)})")
+    root = s[:rank].sqrt()
+    out = {k: v for k, v in state.items() if k not in ("patch_embedding.weight", "patch_embedding.bias")}
+    out["patch_embedding.down.weight"] = (root[:, None] * vh[:rank]).reshape(rank, *full.shape[1:]).to(full.dtype)
+    out["patch_embedding.up.weight"] = (u[:, :rank] * root).reshape(full.shape[0], rank, 1, 1, 1).to(full.dtype)
+    out["patch_embedding.up.bias"] = state["patch_embedding.bias"]
+    return out
+
+
+def fit_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` fitted to ``model``'s patch embedding: self-conditioning matched, then factored to low rank."""
+    return factor_patch_embedding(match_self_conditioning(state, model), model)
 
 
 def load_weights(model: torch.nn.Module, source: str | Path, module: str = "ema") -> Path:
@@ -515,9 +557,9 @@ def load_weights(model: torch.nn.Module, source: str | Path, module: str = "ema"
 
     path = resolve_weights(source, module)
     if path.suffix == ".safetensors":
-        sd = load_file(str(path))
+        sd = fit_state(load_file(str(path)), model)
         if set(sd) == set(model.state_dict()):
-            model.load_state_dict(match_self_conditioning(sd, model), strict=True)
+            model.load_state_dict(sd, strict=True)
             return path
     load_wan_weights(model, path)
     return path

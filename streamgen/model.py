@@ -52,6 +52,20 @@ class TokenState:
     frames: int  # F' (latent frames after temporal patching)
 
 
+class BottleneckPatchEmbed(nn.Module):
+    """Patch embedding through ``rank`` numbers per token: ``down`` (patch convolution, no bias) then
+    ``up`` (a per-token linear map, as a 1x1x1 convolution). Same input and output as the full-rank
+    ``nn.Conv3d(in_channels, dim, patch, stride=patch)``: ``[B, C, F, H, W] -> [B, D, F', H', W']``."""
+
+    def __init__(self, in_channels: int, rank: int, dim: int, patch: tuple[int, int, int]):
+        super().__init__()
+        self.down = nn.Conv3d(in_channels, rank, kernel_size=patch, stride=patch, bias=False)
+        self.up = nn.Conv3d(rank, dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
 class CausalWanModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -60,7 +74,10 @@ class CausalWanModel(nn.Module):
         self.config = config
         d, pt = config.dim, config.patch_size
         in_channels = config.in_channels * (2 if config.self_conditioning else 1)
-        self.patch_embedding = nn.Conv3d(in_channels, d, kernel_size=pt, stride=pt)
+        if config.patch_embed_rank:
+            self.patch_embedding = BottleneckPatchEmbed(in_channels, config.patch_embed_rank, d, pt)
+        else:
+            self.patch_embedding = nn.Conv3d(in_channels, d, kernel_size=pt, stride=pt)
         self.condition_embedder = WanTimeTextImageEmbedding(
             dim=d, time_freq_dim=config.freq_dim, time_proj_dim=d * 6, text_embed_dim=config.text_dim
         )

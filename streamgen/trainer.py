@@ -100,7 +100,7 @@ def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False, gr
     """Load ``source``'s weights (EMA preferred, strictly, as ``distill.load_weights``) into ``model`` for
     a fresh run; with ``reset_head`` the output projection restarts at zero; with ``grow`` the source may
     have fewer blocks (``grow_from``). Returns the file loaded."""
-    from .distill import load_weights, match_self_conditioning, resolve_weights
+    from .distill import fit_state, load_weights, resolve_weights
     from .loaders import CheckpointFormatError
 
     note = ""
@@ -108,7 +108,7 @@ def warm_start(model: torch.nn.Module, source: str, reset_head: bool = False, gr
         from safetensors.torch import load_file
 
         path = resolve_weights(source, "ema")
-        note = f", new identity blocks at {grow_from(model, match_self_conditioning(load_file(str(path)), model))}"
+        note = f", new identity blocks at {grow_from(model, fit_state(load_file(str(path)), model))}"
     else:
         try:
             path = load_weights(model, source, "ema")

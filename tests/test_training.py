@@ -17,7 +17,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TINY = """
 model: {num_attention_heads: 2, attention_head_dim: 12, in_channels: 8, out_channels: 8, text_dim: 384, freq_dim: 16, ffn_dim: 32, num_layers: 2}
 video: {height: 32, width: 32, fps: 16}
-train: {steps: STEPS, batch_size: 2, lr: 3.0e-4, warmup_steps: 2, latent_frames: 2, image_every: 3, crop: 2, crop_every: 2, log_every: 1, ckpt_every: 4, eval_every: 0}
+train: {steps: STEPS, batch_size: 2, lr: 3.0e-4, warmup_steps: 2, latent_frames: 2, image_every: 3, crop: 2, crop_every: 2, path_correction: 0.5, path_sigma_range: [0.5, 0.9], log_every: 1, ckpt_every: 4, eval_every: 0}
 """
 
 
@@ -73,6 +73,8 @@ def test_sigkill_then_resume_matches_uninterrupted(setup):
     assert [s for s, im in flags(killed_dir, "image").items() if im] == list(range(3, steps + 1, 3))
     # every 2nd step of each kind trained on object crops (2x2 of the 4x4 latent positions, 4x the clips)
     assert [s for s, c in flags(killed_dir, "crop").items() if c] == [s for s in range(1, steps + 1) if (s - 1) // 3 % 2]
+    # about half the steps trained on path-corrected inputs (the model's own estimates), resumed exactly too
+    assert 0.2 < sum(flags(killed_dir, "path").values()) / steps < 0.8
 
 
 def test_two_process_training_smoke(setup):

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import object_crop, toy_batch  # noqa: E402
-from streamgen.distill import flow_matching_loss  # noqa: E402
+from streamgen.distill import flow_matching_loss, path_correction_input  # noqa: E402
 # Imported now, not at the first eval: a run lasts hours, and a module edited meanwhile must not mix with
 # the ones already loaded (session 9: an eval crashed on an eval_suite newer than the world module).
 from streamgen.eval_suite import teacher_eval  # noqa: E402
@@ -100,8 +100,22 @@ def main(argv=None) -> None:
         x0 = x0.to(acc.device)
         noise = torch.randn(x0.shape, generator=g).to(acc.device)
         sigma = sample_sigmas(x0.shape[0], tc.timestep_shift, g, tc.timestep_sampling).to(acc.device)
-        xt = add_noise(x0, noise, sigma.view(-1, 1, 1, 1, 1))
         states = text.encode(batch.captions).to(acc.device)
+        path = tc.path_correction > 0 and torch.rand((), generator=g) < tc.path_correction
+        xt = add_noise(x0, noise, sigma.view(-1, 1, 1, 1, 1))
+        if path:  # samples in [lo, hi) get an input built from the model's estimate at a level in [sigma, hi]
+            lo, hi = tc.path_sigma_range
+            u = torch.rand(sigma.shape, generator=g).to(sigma.device)
+            band = (sigma >= lo) & (sigma < hi)
+            on = band.view(-1, 1, 1, 1, 1)
+            s_from = torch.where(band, sigma + (hi - sigma) * u, sigma)
+
+            def estimate(x, s):
+                with acc.autocast():
+                    return x0_from_flow(x, model(x, timestep(s), states), s.view(-1, 1, 1, 1, 1))
+
+            x_path, noise_path = path_correction_input(x0, noise, sigma, s_from, estimate)
+            xt, noise = torch.where(on, x_path, xt), torch.where(on, noise_path, noise)
         x0_prev = None
         if cfg.model.self_conditioning and torch.rand((), generator=g) < 0.5:
             # Half the steps see the model's own estimate (no gradient through it), as a sampler's next step does.
@@ -113,7 +127,7 @@ def main(argv=None) -> None:
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
         return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop),
-                "self_cond": float(x0_prev is not None)}
+                "self_cond": float(x0_prev is not None), "path": float(path)}
 
     def eval_fn(step: int) -> dict:
         rows, table = teacher_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, steps=tc.eval_steps,
