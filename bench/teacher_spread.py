@@ -40,7 +40,7 @@ from streamgen.rollout import sample_full  # noqa: E402
 from streamgen.sampler import foreground_mask, teacher_sigmas  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
-from streamgen.toyworld.detector import DEFAULT_CONFIG, detect_frames, nearest_palette  # noqa: E402
+from streamgen.toyworld.detector import DEFAULT_CONFIG, _background, detect_frames, nearest_palette  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
@@ -55,11 +55,9 @@ def colour_coherence(frames: np.ndarray) -> np.ndarray:
     the most common one among them (NaN without foreground). Foreground: farther than the detector's
     ``fg_threshold`` from the mean of the border pixels in the border's most common palette colour."""
     out = np.full(len(frames), np.nan)
+    _, bg_rgb, _ = _background(frames, DEFAULT_CONFIG)  # the detector's own backdrop estimate
     for i, f in enumerate(frames.astype(np.float32)):
-        border = np.concatenate([f[0], f[-1], f[1:-1, 0], f[1:-1, -1]])
-        near = nearest_palette(border)
-        bg = border[near == np.bincount(near).argmax()].mean(0)
-        fg = ((f - bg) ** 2).sum(-1) > DEFAULT_CONFIG.fg_threshold**2
+        fg = ((f - bg_rgb[i]) ** 2).sum(-1) > DEFAULT_CONFIG.fg_threshold**2
         if fg.any():
             counts = np.bincount(nearest_palette(f[fg]))
             out[i] = counts.max() / counts.sum()

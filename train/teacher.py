@@ -89,6 +89,11 @@ def main(argv=None) -> None:
         n = sum(p.numel() for p in model.parameters())
         print(f"teacher: {n / 1e6:.2f}M parameters, {acc.num_processes} process(es), resuming at step {run.step}")
 
+    def estimate_x0(x: torch.Tensor, sigma: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The model's x0 estimate without gradient (the self-conditioning input, path correction's source)."""
+        with torch.no_grad(), acc.autocast():
+            return x0_from_flow(x, model(x, timestep(sigma), states), sigma.view(-1, 1, 1, 1, 1))
+
     def step_fn(step: int) -> dict:
         image = is_image_step(step, tc.image_every)
         crop = is_crop_step(step, tc.image_every, tc.crop_every)
@@ -106,22 +111,15 @@ def main(argv=None) -> None:
         if path:  # samples in [lo, hi) get an input built from the model's estimate at a level in [sigma, hi]
             lo, hi = tc.path_sigma_range
             u = torch.rand(sigma.shape, generator=g).to(sigma.device)
-            band = (sigma >= lo) & (sigma < hi)
-            on = band.view(-1, 1, 1, 1, 1)
-            s_from = torch.where(band, sigma + (hi - sigma) * u, sigma)
-
-            def estimate(x, s):
-                with acc.autocast():
-                    return x0_from_flow(x, model(x, timestep(s), states), s.view(-1, 1, 1, 1, 1))
-
-            x_path, noise_path = path_correction_input(x0, noise, sigma, s_from, estimate)
-            xt, noise = torch.where(on, x_path, xt), torch.where(on, noise_path, noise)
+            idx = ((sigma >= lo) & (sigma < hi)).nonzero().squeeze(1)
+            if len(idx):
+                s = sigma[idx]
+                xt[idx], noise[idx] = path_correction_input(
+                    x0[idx], noise[idx], s, s + (hi - s) * u[idx], lambda x, s_from: estimate_x0(x, s_from, states[idx]))
         x0_prev = None
         if cfg.model.self_conditioning and torch.rand((), generator=g) < 0.5:
             # Half the steps see the model's own estimate (no gradient through it), as a sampler's next step does.
-            with torch.no_grad(), acc.autocast():
-                flow = model(xt, timestep(sigma), states)
-            x0_prev = x0_from_flow(xt, flow, sigma.view(-1, 1, 1, 1, 1))
+            x0_prev = estimate_x0(xt, sigma, states)
         with acc.autocast():
             pred = model(xt, timestep(sigma), states, None, x0_prev)
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
