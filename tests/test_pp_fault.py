@@ -101,3 +101,23 @@ def test_fault_under_the_rolling_schedule(tmp_path):
         assert float(Path(f"{marker}.{r}").read_text()) - fault_time < GIVE_UP_S
     frames = read_video(out)
     assert 1 <= len(frames) < NUM_FRAMES and frames.shape[1:] == (32, 32, 3)
+
+
+def _stuck_rank(rank, world):
+    if rank == 1:
+        _wait_here_forever()
+    return rank
+
+
+def _wait_here_forever():
+    while True:
+        time.sleep(0.05)
+
+
+def test_a_hung_rank_prints_where_it_is_stuck(capfd):
+    """A launch that times out with no error anywhere is a hang: the stuck rank's stack is printed before it
+    is killed, so a flaky hang in CI says where it happened."""
+    res = launch_local(2, _stuck_rank, timeout=3.0)
+    assert res[0] == ("ok", 0) and res[1][0] == "died", res
+    err = capfd.readouterr().err
+    assert "_wait_here_forever" in err, err[-2000:]

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import copy
 import datetime
+import faulthandler
 import gc
 import json
 import os
 import pickle
+import signal
 import socket
 import time
 import types
@@ -621,6 +623,8 @@ def _free_port() -> int:
 
 def _process_main(rank, world_size, port, threads, target, args, results):
     code = 0
+    # a rank the launcher finds hung prints every thread's stack on SIGUSR1 before it is killed
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         torch.set_num_threads(threads)
         import torch.distributed as dist
@@ -671,6 +675,10 @@ def launch_local(world_size: int, target: Callable, args: tuple = (), *, threads
     for r, p in enumerate(procs):
         p.join(timeout=max(0.0, deadline - time.monotonic()) if r not in got else 5.0)
         if p.is_alive():
+            if r not in got and time.monotonic() >= deadline and not any(s == "error" for s, _ in got.values()):
+                # a timeout with no error anywhere is a hang: show where this rank is stuck
+                os.kill(p.pid, signal.SIGUSR1)
+                p.join(timeout=1.0)
             p.kill()
             p.join()
         if r not in got:
