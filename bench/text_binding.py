@@ -1,0 +1,112 @@
+"""Does the teacher take the object's colour from the prompt or from the noisy input?
+
+    python bench/text_binding.py --weights assets/teacher/transformer.safetensors [--stills 32] [--sigma 0.5 ...]
+
+Real still frames (``toy_batch``, one latent frame each) are noised to each sigma and denoised in one step
+(conditional x0 estimate, self-conditioning input empty) under three prompts: the frame's own canonical caption,
+the same caption with the object's colour swapped for another palette colour (never the background's), and the
+empty caption. For the decoded estimate's pixels on the object's true position it prints the share of pixels whose colour is the prompt's colour and the share that is the frame's
+own colour.
+Pixels are read on the clean frame's object mask, as blends with the true backdrop (``blend_colours``).
+
+Training captions never contradict their clip, so a teacher that binds colour to the text paints the swapped
+colour at high noise, where the input's colour is faint, and a teacher that reads the colour off the noisy cells
+keeps the frame's own. The empty-caption row is the input-only baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
+from streamgen.data import toy_batch  # noqa: E402
+from streamgen.distill import load_weights  # noqa: E402
+from streamgen.model import CausalWanModel  # noqa: E402
+from streamgen.sampler import timestep, x0_from_flow  # noqa: E402
+from streamgen.text import load_text_encoder  # noqa: E402
+from streamgen.toyworld.captions import canonical_caption  # noqa: E402
+from streamgen.toyworld.world import COLOURS, PALETTE_RGB  # noqa: E402
+from streamgen.vae import load_vae  # noqa: E402
+from streamgen.video import to_uint8  # noqa: E402
+
+
+def blend_colours(frame: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per masked pixel of ``frame`` ``[H, W, 3]``: the palette index whose blend with ``background``
+    (``a * colour + (1 - a) * background``, a in (0.1, 1]) is nearest, or -1 (no colour: a <= 0.1). A posterior
+    mean at high noise is such a blend (the object's position is uncertain), so the nearest palette colour
+    of the pixel itself would name a third colour."""
+    d = frame[mask].astype(np.float32) - background  # [N, 3]
+    u = PALETTE_RGB.astype(np.float32) - background  # [C, 3]
+    norm = (u**2).sum(-1)
+    a = np.clip(d @ u.T / np.maximum(norm, 1e-6), 0.0, 1.0)  # [N, C]
+    resid = ((d[:, None, :] - a[..., None] * u[None]) ** 2).sum(-1)
+    resid[:, norm < 1e-6] = np.inf  # the background itself
+    best = resid.argmin(1)
+    return np.where(a[np.arange(len(best)), best] > 0.1, best, -1)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "teacher_toy.yaml"))
+    ap.add_argument("--stills", type=int, default=32)
+    ap.add_argument("--sigma", type=float, action="append", default=None)
+    ap.add_argument("--seed", type=int, default=91)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    sigmas = args.sigma or [0.5, 0.7, 0.8, 0.9]
+    cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
+    model = CausalWanModel(cfg.model)
+    load_weights(model, args.weights)
+    model.eval()
+    vae = load_vae(cfg.vae_path)
+    text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
+    names = list(COLOURS)
+    batch = toy_batch(vae, args.stills, 1, args.seed, 0, paraphrase_prob=0.0)
+    rng = np.random.default_rng(args.seed)
+    own = [names.index(s.colour) for s in batch.specs]
+    swapped = []
+    for s in batch.specs:
+        choices = [c for c in names if c not in (s.colour, s.background)]
+        swapped.append(dataclasses.replace(s, colour=str(rng.choice(choices))))
+    prompts = {
+        "own caption": ([canonical_caption(s) for s in batch.specs], own),
+        "colour swapped": ([canonical_caption(s) for s in swapped], [names.index(s.colour) for s in swapped]),
+        "empty caption": ([""] * args.stills, own),
+    }
+    contexts = {k: model.encode_context(text.encode(c)) for k, (c, _) in prompts.items()}
+    x0 = batch.latents
+    # the object's pixels in the clean frame (decoded, as the estimates are) and the true backdrop colour
+    bgs = [PALETTE_RGB[names.index(s.background)].astype(np.float32) for s in batch.specs]
+    masks = [((to_uint8(vae.decode(x0[i : i + 1]))[0].astype(np.float32) - bgs[i]) ** 2).sum(-1) > 60.0**2
+             for i in range(args.stills)]
+    g = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(x0.shape, generator=g)
+    print(f"{args.stills} still frames, one-step conditional x0 estimate; object pixels in the prompt's colour / in the frame's own colour")
+    print(f"{'sigma':>6}  " + "  ".join(f"{k:>24}" for k in prompts))
+    with torch.no_grad():
+        for sigma in sigmas:
+            s = torch.full((args.stills,), sigma)
+            x = (1 - sigma) * x0 + sigma * noise
+            cells = []
+            for k, (_, target) in prompts.items():
+                est = x0_from_flow(x, model(x, timestep(s), contexts[k]), sigma)
+                shares = []
+                for i in range(args.stills):
+                    c = blend_colours(to_uint8(vae.decode(est[i : i + 1].float()))[0], masks[i], bgs[i])
+                    shares.append(((c == target[i]).mean(), (c == own[i]).mean()))
+                a = np.array(shares)
+                cells.append(f"{a[:, 0].mean():.2f} / {a[:, 1].mean():.2f}")
+            print(f"{sigma:6.2f}  " + "  ".join(f"{c:>24}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
