@@ -243,6 +243,9 @@ class TrainConfig:
     # 0.75-0.9 put on the path, while estimates from real noised clips at lower sigma are clean. 0 = off.
     path_correction: float = 0.0
     path_sigma_range: tuple[float, float] = (0.3, 0.9)
+    # Only image (still) steps. An estimate from high noise leaves where a clip's object is in each frame open, and
+    # the real clip as target then teaches the mean track: session 10's run on every step halved the speed ratio.
+    path_correction_images_only: bool = False
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000

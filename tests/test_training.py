@@ -220,3 +220,14 @@ def test_self_conditioned_teacher_trains_on_its_own_estimate_half_the_time(setup
     sc = flags(run_dir, "self_cond")
     assert sorted(sc) == list(range(1, 13)) and 0 < sum(sc.values()) < 12
     assert all(v == v and v < 1e3 for v in losses(run_dir).values())
+
+
+def test_path_correction_on_image_steps_only(setup):
+    """``train.path_correction_images_only``: path-corrected inputs only on still-image steps (every 3rd here)."""
+    run_dir = setup / "path_images"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    r = subprocess.run(cmd(setup, run_dir, 6) + ["train.path_correction=1.0", "train.path_correction_images_only=true"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    path, image = flags(run_dir, "path"), flags(run_dir, "image")
+    assert sorted(path) == list(range(1, 7)) and path == image and sum(path.values()) == 2

@@ -107,6 +107,7 @@ def main(argv=None) -> None:
         sigma = sample_sigmas(x0.shape[0], tc.timestep_shift, g, tc.timestep_sampling).to(acc.device)
         states = text.encode(batch.captions).to(acc.device)
         path = tc.path_correction > 0 and torch.rand((), generator=g) < tc.path_correction
+        path = path and (image or not tc.path_correction_images_only)
         xt = add_noise(x0, noise, sigma.view(-1, 1, 1, 1, 1))
         if path:  # samples in [lo, hi) get an input built from the model's estimate at a level in [sigma, hi]
             lo, hi = tc.path_sigma_range
