@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: timing with warm-up and medians, resident memory, tables."""
+"""Helpers shared by the benchmarks: timing with warm-up and medians, resident memory, tables, loading a teacher."""
 from __future__ import annotations
 
 import statistics
@@ -33,3 +33,18 @@ def table(rows: list[dict], floatfmt: str = "{:.3f}") -> str:
     line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"
     out = [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     return "\n".join(out + [line(r) for r in cells])
+
+
+def load_teacher_parts(cfg, weights: str):
+    """``(model, vae, text encoder)`` for a teacher run config ``cfg`` and a weights source (a checkpoint
+    directory, a run directory or a safetensors file; ``distill.load_weights``), the model in eval mode with
+    ``cfg.model``'s overrides applied."""
+    from streamgen.distill import load_weights
+    from streamgen.model import CausalWanModel
+    from streamgen.text import load_text_encoder
+    from streamgen.vae import load_vae
+
+    model = CausalWanModel(cfg.model)
+    load_weights(model, weights, "ema")
+    text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
+    return model.eval(), load_vae(cfg.vae_path), text

@@ -31,17 +31,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import load_teacher_parts  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
-from streamgen.distill import load_weights  # noqa: E402
 from streamgen.eval_suite import suite_specs  # noqa: E402
-from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.rollout import sample_full  # noqa: E402
 from streamgen.sampler import foreground_mask, teacher_sigmas  # noqa: E402
-from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.detector import DEFAULT_CONFIG, _background, detect_frames, nearest_palette  # noqa: E402
-from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
 
@@ -76,11 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
-    model = CausalWanModel(cfg.model)
-    load_weights(model, args.weights)
-    model.eval()
-    vae = load_vae(cfg.vae_path)
-    text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
+    model, vae, text = load_teacher_parts(cfg, args.weights)
     n, T = args.prompts, cfg.train.latent_frames
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     real = toy_batch(vae, 16, T, args.seed, 0).latents

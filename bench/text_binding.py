@@ -26,15 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import load_teacher_parts  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
-from streamgen.distill import load_weights  # noqa: E402
-from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.sampler import timestep, x0_from_flow  # noqa: E402
-from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.world import COLOURS, PALETTE_RGB  # noqa: E402
-from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
 
@@ -64,11 +61,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sigmas = args.sigma or [0.5, 0.7, 0.8, 0.9]
     cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
-    model = CausalWanModel(cfg.model)
-    load_weights(model, args.weights)
-    model.eval()
-    vae = load_vae(cfg.vae_path)
-    text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
+    model, vae, text = load_teacher_parts(cfg, args.weights)
     names = list(COLOURS)
     batch = toy_batch(vae, args.stills, 1, args.seed, 0, paraphrase_prob=0.0)
     rng = np.random.default_rng(args.seed)
