@@ -31,7 +31,8 @@ from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
 from streamgen.sampler import timestep, x0_from_flow  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
-from streamgen.toyworld.world import COLOURS, PALETTE_RGB  # noqa: E402
+from streamgen.toyworld.detector import detect_frames  # noqa: E402
+from streamgen.toyworld.world import COLOURS, PALETTE_RGB, SHAPES  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
 
@@ -65,17 +66,18 @@ def main(argv=None) -> None:
     names = list(COLOURS)
     batch = toy_batch(vae, args.stills, 1, args.seed, 0, paraphrase_prob=0.0)
     rng = np.random.default_rng(args.seed)
-    own = [names.index(s.colour) for s in batch.specs]
-    swapped = []
-    for s in batch.specs:
-        choices = [c for c in names if c not in (s.colour, s.background)]
-        swapped.append(dataclasses.replace(s, colour=str(rng.choice(choices))))
-    prompts = {
-        "own caption": ([canonical_caption(s) for s in batch.specs], own),
-        "colour swapped": ([canonical_caption(s) for s in swapped], [names.index(s.colour) for s in swapped]),
-        "empty caption": ([""] * args.stills, own),
+    own_colour = [names.index(s.colour) for s in batch.specs]
+    own_shape = [SHAPES.index(s.shape) for s in batch.specs]
+    colour_swap = [dataclasses.replace(s, colour=str(rng.choice([c for c in names if c not in (s.colour, s.background)])))
+                   for s in batch.specs]
+    shape_swap = [dataclasses.replace(s, shape=str(rng.choice([c for c in SHAPES if c != s.shape]))) for s in batch.specs]
+    prompts = {  # caption -> the attribute it asks for
+        "own caption": ([canonical_caption(s) for s in batch.specs], own_colour, own_shape),
+        "colour swapped": ([canonical_caption(s) for s in colour_swap], [names.index(s.colour) for s in colour_swap], own_shape),
+        "shape swapped": ([canonical_caption(s) for s in shape_swap], own_colour, [SHAPES.index(s.shape) for s in shape_swap]),
+        "empty caption": ([""] * args.stills, own_colour, own_shape),
     }
-    contexts = {k: model.encode_context(text.encode(c)) for k, (c, _) in prompts.items()}
+    contexts = {k: model.encode_context(text.encode(c)) for k, (c, _, _) in prompts.items()}
     x0 = batch.latents
     # the object's pixels in the clean frame (decoded, as the estimates are) and the true backdrop colour
     bgs = [PALETTE_RGB[names.index(s.background)].astype(np.float32) for s in batch.specs]
@@ -83,22 +85,27 @@ def main(argv=None) -> None:
              for i in range(args.stills)]
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(x0.shape, generator=g)
-    print(f"{args.stills} still frames, one-step conditional x0 estimate; object pixels in the prompt's colour / in the frame's own colour")
-    print(f"{'sigma':>6}  " + "  ".join(f"{k:>24}" for k in prompts))
+    print(f"{args.stills} still frames, one-step conditional x0 estimate. Colour: object pixels in the prompt's colour / in the "
+          f"frame's own. Shape: stills whose one detected object has the prompt's shape / the frame's own.")
+    cols = ["colour: own caption", "colour: colour swapped", "colour: empty caption", "shape: own caption",
+            "shape: shape swapped", "shape: empty caption"]
+    print(f"{'sigma':>6}  " + "  ".join(f"{c:>22}" for c in cols))
     with torch.no_grad():
         for sigma in sigmas:
-            s = torch.full((args.stills,), sigma)
             x = (1 - sigma) * x0 + sigma * noise
+            est = {k: x0_from_flow(x, model(x, timestep(torch.full((args.stills,), sigma)), contexts[k]), sigma)
+                   for k in prompts}
+            frames = {k: [to_uint8(vae.decode(e[i : i + 1].float()))[0] for i in range(args.stills)] for k, e in est.items()}
             cells = []
-            for k, (_, target) in prompts.items():
-                est = x0_from_flow(x, model(x, timestep(s), contexts[k]), sigma)
-                shares = []
-                for i in range(args.stills):
-                    c = blend_colours(to_uint8(vae.decode(est[i : i + 1].float()))[0], masks[i], bgs[i])
-                    shares.append(((c == target[i]).mean(), (c == own[i]).mean()))
-                a = np.array(shares)
+            for k in ("own caption", "colour swapped", "empty caption"):
+                c = [blend_colours(f, masks[i], bgs[i]) for i, f in enumerate(frames[k])]
+                a = np.array([((c[i] == prompts[k][1][i]).mean(), (c[i] == own_colour[i]).mean()) for i in range(args.stills)])
                 cells.append(f"{a[:, 0].mean():.2f} / {a[:, 1].mean():.2f}")
-            print(f"{sigma:6.2f}  " + "  ".join(f"{c:>24}" for c in cells))
+            for k in ("own caption", "shape swapped", "empty caption"):
+                det = detect_frames(np.stack(frames[k]))
+                shape = np.where(det.present, det.shape, -1)
+                cells.append(f"{np.mean(shape == prompts[k][2]):.2f} / {np.mean(shape == own_shape):.2f}")
+            print(f"{sigma:6.2f}  " + "  ".join(f"{c:>22}" for c in cells))
 
 
 if __name__ == "__main__":

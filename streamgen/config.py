@@ -246,6 +246,10 @@ class TrainConfig:
     # Only image (still) steps. An estimate from high noise leaves where a clip's object is in each frame open, and
     # the real clip as target then teaches the mean track: session 10's run on every step halved the speed ratio.
     path_correction_images_only: bool = False
+    # The estimate's level is drawn in [max(sigma, path_from_min), hi]. Session 11 (bench/text_binding.py): the teacher
+    # takes an object's shape only from its input, never from the prompt; an estimate from above ~0.85 has no shape
+    # left, so only the prompt can tell the model which one to draw. 0 = anywhere above sigma.
+    path_from_min: float = 0.0
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -276,6 +280,8 @@ class TrainConfig:
         if not (0.0 <= self.path_correction <= 1.0 and 0.0 < lo <= hi < 1.0):
             raise ConfigError(f"train.path_correction must be in [0, 1] and train.path_sigma_range a (lo, hi) with "
                               f"0 < lo <= hi < 1, got {self.path_correction} and {self.path_sigma_range}")
+        if not 0.0 <= self.path_from_min < hi:
+            raise ConfigError(f"train.path_from_min must be in [0, path_sigma_range's hi = {hi}), got {self.path_from_min}")
         if self.foreground_dilate < 0:
             raise ConfigError(f"train.foreground_dilate must be >= 0, got {self.foreground_dilate}")
         if self.foreground_boost < 0:

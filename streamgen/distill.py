@@ -232,6 +232,12 @@ def flow_matching_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor
     return (flow_loss_weight(sigma.float(), sigma_floor) * per_sample).mean()
 
 
+def path_source_levels(sigma: torch.Tensor, u: torch.Tensor, hi: float, floor: float = 0.0) -> torch.Tensor:
+    """Levels ``[B]`` that path correction estimates from: uniform in ``[max(sigma, floor), hi]`` (``u`` uniform in [0, 1))."""
+    start = sigma.clamp_min(floor)
+    return start + (hi - start) * u
+
+
 def path_correction_input(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, sigma_from: torch.Tensor,
                           estimate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """A training input at ``sigma`` [B] built as a sampler's path builds it: the clean estimate ``estimate(x, s)``

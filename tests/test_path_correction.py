@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamgen.config import ConfigError, TeacherRunConfig, load_config
-from streamgen.distill import flow_matching_loss, path_correction_input
+from streamgen.distill import flow_matching_loss, path_correction_input, path_source_levels
 from streamgen.sampler import add_noise, flow_loss_weight
 
 
@@ -49,3 +49,17 @@ def test_config_range_is_checked():
         load_config(["configs/teacher_toy.yaml"], ["train.path_sigma_range=[0.9, 0.5]"], schema=TeacherRunConfig)
     with pytest.raises(ConfigError, match="path_correction"):
         load_config(["configs/teacher_toy.yaml"], ["train.path_correction=1.5"], schema=TeacherRunConfig)
+    with pytest.raises(ConfigError, match="path_from_min"):
+        load_config(["configs/teacher_toy.yaml"], ["train.path_from_min=0.95"], schema=TeacherRunConfig)
+
+
+def test_source_levels_start_at_sigma_or_the_floor():
+    sigma = torch.rand(4000, generator=torch.Generator().manual_seed(3)) * 0.9
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(4))
+    free, floored = path_source_levels(sigma, u, 0.95), path_source_levels(sigma, u, 0.95, floor=0.85)
+    assert (free >= sigma).all() and (free <= 0.95).all()
+    assert (floored >= torch.maximum(sigma, torch.tensor(0.85))).all() and (floored <= 0.95).all()
+    assert (u == 0).logical_or(floored > free - 1e-6).all()  # the floor only moves levels up
+    # uniform above the start: the mean sits halfway between max(sigma, floor) and hi
+    low = sigma < 0.5
+    assert abs(float(floored[low].mean()) - 0.9) < 0.005 and abs(float((free[low] - sigma[low]).mean() / (0.95 - sigma[low]).mean()) - 0.5) < 0.03

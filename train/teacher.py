@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import object_crop, toy_batch  # noqa: E402
-from streamgen.distill import flow_matching_loss, path_correction_input  # noqa: E402
+from streamgen.distill import flow_matching_loss, path_correction_input, path_source_levels  # noqa: E402
 # Imported now, not at the first eval: a run lasts hours, and a module edited meanwhile must not mix with
 # the ones already loaded (session 9: an eval crashed on an eval_suite newer than the world module).
 from streamgen.eval_suite import teacher_eval  # noqa: E402
@@ -115,8 +115,9 @@ def main(argv=None) -> None:
             idx = ((sigma >= lo) & (sigma < hi)).nonzero().squeeze(1)
             if len(idx):
                 s = sigma[idx]
+                s_from = path_source_levels(s, u[idx], hi, tc.path_from_min)
                 xt[idx], noise[idx] = path_correction_input(
-                    x0[idx], noise[idx], s, s + (hi - s) * u[idx], lambda x, s_from: estimate_x0(x, s_from, states[idx]))
+                    x0[idx], noise[idx], s, s_from, lambda x, s_from: estimate_x0(x, s_from, states[idx]))
         x0_prev = None
         if cfg.model.self_conditioning and torch.rand((), generator=g) < 0.5:
             # Half the steps see the model's own estimate (no gradient through it), as a sampler's next step does.
