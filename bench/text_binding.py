@@ -12,6 +12,8 @@ Pixels are read on the clean frame's object mask, as blends with the true backdr
 Training captions never contradict their clip, so a teacher that binds colour to the text paints the swapped
 colour at high noise, where the input's colour is faint, and a teacher that reads the colour off the noisy cells
 keeps the frame's own. The empty-caption row is the input-only baseline.
+``--source 0.9`` builds the inputs as a sampler's path does (``distill.path_correction_input``: the model's own
+estimate from sigma 0.9, a shapeless blob, noised back down): then only the prompt can give the shape.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import load_teacher_parts  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
+from streamgen.distill import path_correction_input  # noqa: E402
 from streamgen.sampler import timestep, x0_from_flow  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.detector import detect_frames  # noqa: E402
@@ -58,6 +61,9 @@ def main(argv=None) -> None:
     ap.add_argument("--stills", type=int, default=32)
     ap.add_argument("--sigma", type=float, action="append", default=None)
     ap.add_argument("--seed", type=int, default=91)
+    ap.add_argument("--source", type=float, default=0.0,
+                    help="build each input as path correction does: the own-caption estimate from this level, noised "
+                         "back down (0 = the real still, noised)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     sigmas = args.sigma or [0.5, 0.7, 0.8, 0.9]
@@ -93,6 +99,11 @@ def main(argv=None) -> None:
     with torch.no_grad():
         for sigma in sigmas:
             x = (1 - sigma) * x0 + sigma * noise
+            if args.source and args.source > sigma:  # a sampler's state: the model's own estimate from higher up
+                s_from = torch.full((args.stills,), args.source)
+                x, _ = path_correction_input(x0, noise, torch.full((args.stills,), sigma), s_from,
+                                             lambda x, s: x0_from_flow(x, model(x, timestep(s), contexts["own caption"]),
+                                                                       s.view(-1, 1, 1, 1, 1)))
             est = {k: x0_from_flow(x, model(x, timestep(torch.full((args.stills,), sigma)), contexts[k]), sigma)
                    for k in prompts}
             frames = {k: [to_uint8(vae.decode(e[i : i + 1].float()))[0] for i in range(args.stills)] for k, e in est.items()}

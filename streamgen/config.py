@@ -250,6 +250,12 @@ class TrainConfig:
     # takes an object's shape only from its input, never from the prompt; an estimate from above ~0.85 has no shape
     # left, so only the prompt can tell the model which one to draw. 0 = anywhere above sigma.
     path_from_min: float = 0.0
+    # Coarse input: on this fraction of steps (those without path correction) the input is noised from the clip's first
+    # ``coarse_channels`` latent channels only (distill.coarse_latents; a PCA VAE's channels are in order of variance)
+    # and the target stays the clip. The object's place and colour are in the input, its outline is not, so only the
+    # prompt can give the shape (session 11: the teacher takes shape from its input alone). 0 = off.
+    coarse_input: float = 0.0
+    coarse_channels: int = 3
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -280,6 +286,9 @@ class TrainConfig:
         if not (0.0 <= self.path_correction <= 1.0 and 0.0 < lo <= hi < 1.0):
             raise ConfigError(f"train.path_correction must be in [0, 1] and train.path_sigma_range a (lo, hi) with "
                               f"0 < lo <= hi < 1, got {self.path_correction} and {self.path_sigma_range}")
+        if not (0.0 <= self.coarse_input <= 1.0 and self.coarse_channels >= 1):
+            raise ConfigError(f"train.coarse_input must be in [0, 1] and train.coarse_channels >= 1, got "
+                              f"{self.coarse_input} and {self.coarse_channels}")
         if not 0.0 <= self.path_from_min < hi:
             raise ConfigError(f"train.path_from_min must be in [0, path_sigma_range's hi = {hi}), got {self.path_from_min}")
         if self.foreground_dilate < 0:

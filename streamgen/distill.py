@@ -238,20 +238,34 @@ def path_source_levels(sigma: torch.Tensor, u: torch.Tensor, hi: float, floor: f
     return start + (hi - start) * u
 
 
+def substituted_input(x0: torch.Tensor, x0_in: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training input at ``sigma`` [B] noised from ``x0_in`` instead of the clip ``x0`` (same noise); the target
+    stays ``x0``. Returns ``(x_sigma, noise_eff)``: ``noise_eff = (x_sigma - (1 - sigma) x0) / sigma`` makes
+    ``flow_matching_loss(pred, x0, noise_eff, sigma)`` the usual x0 error of ``pred`` at ``x_sigma``."""
+    s = sigma.view((-1,) + (1,) * (x0.ndim - 1))
+    x = add_noise(x0_in, noise, s)
+    return x, (x - (1 - s) * x0) / s
+
+
 def path_correction_input(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, sigma_from: torch.Tensor,
                           estimate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """A training input at ``sigma`` [B] built as a sampler's path builds it: the clean estimate ``estimate(x, s)``
     of ``x0`` noised to the higher level ``sigma_from`` [B], noised back down to ``sigma`` with the same noise
     (a DDIM step). The target stays the real ``x0``, so the model learns to repair the errors its own
     estimates leave along the path (exposure bias) instead of only denoising exact noised data.
-    Returns ``(x_sigma, noise_eff)``: ``noise_eff = (x_sigma - (1 - sigma) x0) / sigma`` makes
-    ``flow_matching_loss(pred, x0, noise_eff, sigma)`` the usual x0 error of ``pred`` at ``x_sigma``."""
-    view = (-1,) + (1,) * (x0.ndim - 1)
-    s, s_from = sigma.view(view), sigma_from.view(view)
+    Returns ``substituted_input``'s ``(x_sigma, noise_eff)``."""
+    s_from = sigma_from.view((-1,) + (1,) * (x0.ndim - 1))
     with torch.no_grad():
         x0_hat = estimate(add_noise(x0, noise, s_from), sigma_from).to(x0.dtype)
-    x = add_noise(x0_hat, noise, s)
-    return x, (x - (1 - s) * x0) / s
+    return substituted_input(x0, x0_hat, noise, sigma)
+
+
+def coarse_latents(x0: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x0`` ``[B, C, ...]`` with only its first ``channels`` latent channels; the rest at 0, their mean. With a PCA
+    VAE (channels in order of variance) the first few hold each position's mean colour: the object's place and
+    colour without its outline."""
+    return torch.cat([x0[:, :channels], torch.zeros_like(x0[:, channels:])], 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamgen.config import ConfigError, TeacherRunConfig, load_config
-from streamgen.distill import flow_matching_loss, path_correction_input, path_source_levels
+from streamgen.distill import coarse_latents, flow_matching_loss, path_correction_input, path_source_levels, substituted_input
 from streamgen.sampler import add_noise, flow_loss_weight
 
 
@@ -63,3 +63,36 @@ def test_source_levels_start_at_sigma_or_the_floor():
     # uniform above the start: the mean sits halfway between max(sigma, floor) and hi
     low = sigma < 0.5
     assert abs(float(floored[low].mean()) - 0.9) < 0.005 and abs(float((free[low] - sigma[low]).mean() / (0.95 - sigma[low]).mean()) - 0.5) < 0.03
+
+
+def test_coarse_input_keeps_the_leading_channels_and_the_x0_target():
+    x0, noise, sigma, _ = data(5)
+    coarse = coarse_latents(x0, 2)
+    torch.testing.assert_close(coarse[:, :2], x0[:, :2])
+    assert (coarse[:, 2:] == 0).all()
+    x, noise_eff = substituted_input(x0, coarse, noise, sigma)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(x, (1 - s) * coarse + s * noise)  # noised from the coarse clip, same noise
+    torch.testing.assert_close(x[:, :2], add_noise(x0, noise, s)[:, :2])  # where nothing was dropped: the plain input
+    torch.testing.assert_close((1 - s) * x0 + s * noise_eff, x)  # the flow loss's x0 target is the full clip
+
+
+def test_coarse_latents_of_a_pca_vae_keep_the_object_and_its_colour_not_its_outline():
+    """Decoded from its first 3 PCA channels a rendered still keeps its object's place and colour (the 8x8-pixel
+    patch means) and loses the outline."""
+    import numpy as np
+    from streamgen.data import toy_batch
+    from streamgen.toyworld.detector import detect_frames
+    from streamgen.vae import load_vae
+    from streamgen.video import to_uint8
+
+    vae = load_vae("assets/vae")  # the shipped PCA VAE: its real channel order
+    batch = toy_batch(vae, 8, 1, 7, 0)
+    full = [to_uint8(vae.decode(batch.latents[i : i + 1]))[0] for i in range(8)]
+    coarse = [to_uint8(vae.decode(coarse_latents(batch.latents[i : i + 1], 3)))[0] for i in range(8)]
+    d_full, d_coarse = detect_frames(np.stack(full)), detect_frames(np.stack(coarse))
+    assert d_full.present.all() and d_coarse.present.mean() >= 0.75
+    assert (d_coarse.colour == d_full.colour)[d_coarse.present].mean() >= 0.75
+    assert np.abs(d_coarse.cx - d_full.cx)[d_coarse.present].max() < 4  # px: the object stays where it was
+    edge = lambda f: np.abs(np.diff(f.astype(np.float32), axis=0)).mean()
+    assert np.mean([edge(c) for c in coarse]) < 0.8 * np.mean([edge(f) for f in full])  # blurred outline

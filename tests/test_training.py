@@ -223,11 +223,13 @@ def test_self_conditioned_teacher_trains_on_its_own_estimate_half_the_time(setup
 
 
 def test_path_correction_on_image_steps_only(setup):
-    """``train.path_correction_images_only``: path-corrected inputs only on still-image steps (every 3rd here)."""
+    """``train.path_correction_images_only``: path-corrected inputs only on still-image steps (every 3rd here);
+    ``train.coarse_input`` takes the steps without path correction."""
     run_dir = setup / "path_images"
     shutil.rmtree(run_dir, ignore_errors=True)
-    r = subprocess.run(cmd(setup, run_dir, 6) + ["train.path_correction=1.0", "train.path_correction_images_only=true"],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd(setup, run_dir, 6) + ["train.path_correction=1.0", "train.path_correction_images_only=true",
+                                                 "train.coarse_input=1.0"], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    path, image = flags(run_dir, "path"), flags(run_dir, "image")
+    path, image, coarse = flags(run_dir, "path"), flags(run_dir, "image"), flags(run_dir, "coarse")
     assert sorted(path) == list(range(1, 7)) and path == image and sum(path.values()) == 2
+    assert coarse == {s: 1.0 - v for s, v in path.items()}  # train.coarse_input: every step without path correction

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
+from streamgen.config import ConfigError, TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import object_crop, toy_batch  # noqa: E402
-from streamgen.distill import flow_matching_loss, path_correction_input, path_source_levels  # noqa: E402
+from streamgen.distill import (coarse_latents, flow_matching_loss, path_correction_input, path_source_levels,  # noqa: E402
+                               substituted_input)
 # Imported now, not at the first eval: a run lasts hours, and a module edited meanwhile must not mix with
 # the ones already loaded (session 9: an eval crashed on an eval_suite newer than the world module).
 from streamgen.eval_suite import teacher_eval  # noqa: E402
@@ -30,7 +31,7 @@ from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.trainer import (  # noqa: E402
     EMA, Run, eval_video, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval)
-from streamgen.vae import load_vae  # noqa: E402
+from streamgen.vae import PCAVideoVAE, load_vae  # noqa: E402
 
 
 def sample_sigmas(n: int, shift: float, g: torch.Generator, kind: str = "uniform") -> torch.Tensor:
@@ -79,6 +80,9 @@ def main(argv=None) -> None:
     acc = run.accelerator
     model, opt = acc.prepare(model, opt)
     vae = load_vae(cfg.vae_path)
+    if tc.coarse_input > 0 and not isinstance(vae, PCAVideoVAE):
+        raise ConfigError(f"train.coarse_input needs latent channels in order of variance (a PCA VAE); {cfg.vae_path} "
+                          f"holds a {type(vae).__name__}: set train.coarse_input=0")
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     if tc.crop and (tc.crop > min(h, w) or tc.crop % cfg.model.patch_size[1] or tc.crop % cfg.model.patch_size[2]):
@@ -118,6 +122,9 @@ def main(argv=None) -> None:
                 s_from = path_source_levels(s, u[idx], hi, tc.path_from_min)
                 xt[idx], noise[idx] = path_correction_input(
                     x0[idx], noise[idx], s, s_from, lambda x, s_from: estimate_x0(x, s_from, states[idx]))
+        coarse = tc.coarse_input > 0 and torch.rand((), generator=g) < tc.coarse_input and not path
+        if coarse:
+            xt, noise = substituted_input(x0, coarse_latents(x0, tc.coarse_channels), noise, sigma)
         x0_prev = None
         if cfg.model.self_conditioning and torch.rand((), generator=g) < 0.5:
             # Half the steps see the model's own estimate (no gradient through it), as a sampler's next step does.
@@ -127,7 +134,7 @@ def main(argv=None) -> None:
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
         return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop),
-                "self_cond": float(x0_prev is not None), "path": float(path)}
+                "self_cond": float(x0_prev is not None), "path": float(path), "coarse": float(coarse)}
 
     def eval_fn(step: int) -> dict:
         rows, table = teacher_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, steps=tc.eval_steps,
