@@ -14,6 +14,7 @@ colour at high noise, where the input's colour is faint, and a teacher that read
 keeps the frame's own. The empty-caption row is the input-only baseline.
 ``--source 0.9`` builds the inputs as a sampler's path does (``distill.path_correction_input``: the model's own
 estimate from sigma 0.9, a shapeless blob, noised back down): then only the prompt can give the shape.
+``--coarse 3`` noises the stills' first 3 latent channels only (``train.coarse_input``'s inputs: place and colour, no outline).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import load_teacher_parts  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.data import toy_batch  # noqa: E402
-from streamgen.distill import path_correction_input  # noqa: E402
+from streamgen.distill import coarse_latents, path_correction_input  # noqa: E402
 from streamgen.sampler import timestep, x0_from_flow  # noqa: E402
 from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.detector import detect_frames  # noqa: E402
@@ -61,6 +62,8 @@ def main(argv=None) -> None:
     ap.add_argument("--stills", type=int, default=32)
     ap.add_argument("--sigma", type=float, action="append", default=None)
     ap.add_argument("--seed", type=int, default=91)
+    ap.add_argument("--coarse", type=int, default=0,
+                    help="noise the stills' first COARSE latent channels only, as train.coarse_input does (0 = all)")
     ap.add_argument("--source", type=float, default=0.0,
                     help="build each input as path correction does: the own-caption estimate from this level, noised "
                          "back down (0 = the real still, noised)")
@@ -98,7 +101,7 @@ def main(argv=None) -> None:
     print(f"{'sigma':>6}  " + "  ".join(f"{c:>22}" for c in cols))
     with torch.no_grad():
         for sigma in sigmas:
-            x = (1 - sigma) * x0 + sigma * noise
+            x = (1 - sigma) * (coarse_latents(x0, args.coarse) if args.coarse else x0) + sigma * noise
             if args.source and args.source > sigma:  # a sampler's state: the model's own estimate from higher up
                 s_from = torch.full((args.stills,), args.source)
                 x, _ = path_correction_input(x0, noise, torch.full((args.stills,), sigma), s_from,
