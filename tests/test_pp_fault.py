@@ -121,3 +121,24 @@ def test_a_hung_rank_prints_where_it_is_stuck(capfd):
     assert res[0] == ("ok", 0) and res[1][0] == "died", res
     err = capfd.readouterr().err
     assert "_wait_here_forever" in err, err[-2000:]
+
+
+def test_a_receive_posted_to_a_dead_peer_names_the_peer():
+    """Gloo can refuse to post a receive on a connection that a killed peer closed (seen in the rolling schedule):
+    that is the peer's failure, diagnosed like a failed wait, not a RuntimeError of this rank's own (which the
+    others would then blame on this rank)."""
+    from streamgen.parallel.transport import TorchDistributedTransport
+
+    class DeadPeer:
+        def irecv(self, *a, **k):
+            raise RuntimeError("Connection closed by peer [127.0.0.1]:1234\nmore")
+
+    class Liveness:
+        def diagnose(self, peer, what, timed_out):
+            return PeerFailure(peer, f"rank {peer} {what}")
+
+    t = object.__new__(TorchDistributedTransport)
+    t.dist, t.group, t.liveness = DeadPeer(), None, Liveness()
+    with pytest.raises(PeerFailure, match="rank 1 connection lost") as e:
+        t.recv(1, 0, [__import__("torch").zeros(2)])
+    assert e.value.rank == 1

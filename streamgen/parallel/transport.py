@@ -368,10 +368,13 @@ class TorchDistributedTransport(Transport):
                 self._pending.append((self.dist.isend(t, dst, group=self.group, tag=tag), t, dst))
             self._pending = [p for p in self._pending if not p[0].is_completed()]
         except RuntimeError as e:  # the connection to a dead peer is gone
-            raise self.liveness.diagnose(dst, f"connection lost ({str(e).splitlines()[0][:160]})", False) from None
+            raise self._lost(dst, e) from None
 
     def recv(self, src, tag, buffers):
-        works = [self.dist.irecv(b, src, group=self.group, tag=tag) for b in buffers]
+        try:  # posting a receive on a connection that a dead peer closed fails at once, not in the wait
+            works = [self.dist.irecv(b, src, group=self.group, tag=tag) for b in buffers]
+        except RuntimeError as e:
+            raise self._lost(src, e) from None
         self.liveness.set_state("wait", src)
         for w in works:
             self._wait(w, src, "sent nothing")
@@ -382,6 +385,10 @@ class TorchDistributedTransport(Transport):
             self._wait(w, dst, "did not take a message")
         self._pending = []
 
+    def _lost(self, peer: int, e: RuntimeError) -> PeerFailure:
+        """A communication error with ``peer`` as the failure behind it (which rank died), not this rank's own."""
+        return self.liveness.diagnose(peer, f"connection lost ({str(e).splitlines()[0][:160]})", False)
+
     def _wait(self, work, peer: int, what: str) -> None:
         timeout = self.liveness.timeout
         if self.backend == "gloo":
@@ -390,8 +397,9 @@ class TorchDistributedTransport(Transport):
                 return
             except RuntimeError as e:
                 timed_out = "Timed out" in str(e) or "timeout" in str(e).lower() and "closure" not in str(e)
-                why = f"{what} for {timeout:.0f} s" if timed_out else f"connection lost ({str(e).splitlines()[0][:160]})"
-                raise self.liveness.diagnose(peer, why, timed_out) from None
+                if not timed_out:
+                    raise self._lost(peer, e) from None
+                raise self.liveness.diagnose(peer, f"{what} for {timeout:.0f} s", True) from None
         t0, sleep = time.monotonic(), 1e-5
         last_check = t0
         while not work.is_completed():
