@@ -248,7 +248,8 @@ class TrainConfig:
     path_correction_images_only: bool = False
     # The estimate's level is drawn in [max(sigma, path_from_min), hi]. Session 11 (bench/text_binding.py): the teacher
     # takes an object's shape only from its input, never from the prompt; an estimate from above ~0.85 has no shape
-    # left, so only the prompt can tell the model which one to draw. 0 = anywhere above sigma.
+    # left, so only the prompt can tell the model which one to draw. But the object's place is mostly gone there too, and
+    # the real clip as target then teaches a hedged place (the session-11 run drew faint objects). 0 = anywhere above sigma.
     path_from_min: float = 0.0
     # Coarse input: on this fraction of steps (those without path correction) the input is noised from the clip's first
     # ``coarse_channels`` latent channels only (distill.coarse_latents; a PCA VAE's channels are in order of variance)
