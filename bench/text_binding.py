@@ -1,17 +1,18 @@
-"""Does the teacher take the object's colour from the prompt or from the noisy input?
+"""Does the teacher take an object's colour and shape from the prompt or from the noisy input?
 
     python bench/text_binding.py --weights assets/teacher/transformer.safetensors [--stills 32] [--sigma 0.5 ...]
 
 Real still frames (``toy_batch``, one latent frame each) are noised to each sigma and denoised in one step
-(conditional x0 estimate, self-conditioning input empty) under three prompts: the frame's own canonical caption,
-the same caption with the object's colour swapped for another palette colour (never the background's), and the
-empty caption. For the decoded estimate's pixels on the object's true position it prints the share of pixels whose colour is the prompt's colour and the share that is the frame's
-own colour.
-Pixels are read on the clean frame's object mask, as blends with the true backdrop (``blend_colours``).
+(conditional x0 estimate, self-conditioning input empty) under four prompts: the frame's own canonical caption, the
+caption with the object's colour swapped for another palette colour (never the background's), the caption with the
+shape swapped, and the empty caption.
+- Colour: the share of the decoded estimate's pixels on the object's true position (the clean frame's object mask)
+  whose colour is the prompt's / the frame's own, read as blends with the true backdrop (``blend_colours``).
+- Shape: the share of stills whose one detected object has the prompt's / the frame's own shape.
 
-Training captions never contradict their clip, so a teacher that binds colour to the text paints the swapped
-colour at high noise, where the input's colour is faint, and a teacher that reads the colour off the noisy cells
-keeps the frame's own. The empty-caption row is the input-only baseline.
+Training captions never contradict their clip, so a teacher that binds an attribute to the text paints the swapped
+one where the input shows it faintly, and a teacher that reads it off the noisy input keeps the frame's own. The
+empty caption is the input-only baseline.
 ``--source 0.9`` builds the inputs as a sampler's path does (``distill.path_correction_input``: the model's own
 estimate from sigma 0.9, a shapeless blob, noised back down): then only the prompt can give the shape.
 ``--coarse 3`` noises the stills' first 3 latent channels only (``train.coarse_input``'s inputs: place and colour, no outline).
@@ -38,6 +39,8 @@ from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.detector import detect_frames  # noqa: E402
 from streamgen.toyworld.world import COLOURS, PALETTE_RGB, SHAPES  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
+
+OBJECT_RGB_DISTANCE = 60.0  # a clean frame's pixel this far from the backdrop colour is on the object (rims excluded)
 
 
 def blend_colours(frame: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -90,7 +93,7 @@ def main(argv=None) -> None:
     x0 = batch.latents
     # the object's pixels in the clean frame (decoded, as the estimates are) and the true backdrop colour
     bgs = [PALETTE_RGB[names.index(s.background)].astype(np.float32) for s in batch.specs]
-    masks = [((to_uint8(vae.decode(x0[i : i + 1]))[0].astype(np.float32) - bgs[i]) ** 2).sum(-1) > 60.0**2
+    masks = [((to_uint8(vae.decode(x0[i : i + 1]))[0].astype(np.float32) - bgs[i]) ** 2).sum(-1) > OBJECT_RGB_DISTANCE**2
              for i in range(args.stills)]
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(x0.shape, generator=g)
@@ -99,16 +102,17 @@ def main(argv=None) -> None:
     cols = ["colour: own caption", "colour: colour swapped", "colour: empty caption", "shape: own caption",
             "shape: shape swapped", "shape: empty caption"]
     print(f"{'sigma':>6}  " + "  ".join(f"{c:>22}" for c in cols))
+    def estimate(x, s, ctx):  # one-step conditional x0 estimate at levels s [B]
+        return x0_from_flow(x, model(x, timestep(s), ctx), s.view(-1, 1, 1, 1, 1))
+
     with torch.no_grad():
         for sigma in sigmas:
+            s = torch.full((args.stills,), sigma)
             x = (1 - sigma) * (coarse_latents(x0, args.coarse) if args.coarse else x0) + sigma * noise
             if args.source and args.source > sigma:  # a sampler's state: the model's own estimate from higher up
-                s_from = torch.full((args.stills,), args.source)
-                x, _ = path_correction_input(x0, noise, torch.full((args.stills,), sigma), s_from,
-                                             lambda x, s: x0_from_flow(x, model(x, timestep(s), contexts["own caption"]),
-                                                                       s.view(-1, 1, 1, 1, 1)))
-            est = {k: x0_from_flow(x, model(x, timestep(torch.full((args.stills,), sigma)), contexts[k]), sigma)
-                   for k in prompts}
+                x, _ = path_correction_input(x0, noise, s, torch.full((args.stills,), args.source),
+                                             lambda x, s_from: estimate(x, s_from, contexts["own caption"]))
+            est = {k: estimate(x, s, contexts[k]) for k in prompts}
             frames = {k: [to_uint8(vae.decode(e[i : i + 1].float()))[0] for i in range(args.stills)] for k, e in est.items()}
             cells = []
             for k in ("own caption", "colour swapped", "empty caption"):

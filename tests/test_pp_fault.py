@@ -127,6 +127,8 @@ def test_a_receive_posted_to_a_dead_peer_names_the_peer():
     """Gloo can refuse to post a receive on a connection that a killed peer closed (seen in the rolling schedule):
     that is the peer's failure, diagnosed like a failed wait, not a RuntimeError of this rank's own (which the
     others would then blame on this rank)."""
+    import torch
+
     from streamgen.parallel.transport import TorchDistributedTransport
 
     class DeadPeer:
@@ -140,5 +142,5 @@ def test_a_receive_posted_to_a_dead_peer_names_the_peer():
     t = object.__new__(TorchDistributedTransport)
     t.dist, t.group, t.liveness = DeadPeer(), None, Liveness()
     with pytest.raises(PeerFailure, match="rank 1 connection lost") as e:
-        t.recv(1, 0, [__import__("torch").zeros(2)])
+        t.recv(1, 0, [torch.zeros(2)])
     assert e.value.rank == 1
