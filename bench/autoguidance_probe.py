@@ -23,13 +23,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from safetensors import safe_open  # noqa: E402
 
+from bench.common import load_teacher  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
-from streamgen.distill import load_weights, resolve_weights  # noqa: E402
 from streamgen.eval_suite import mean_row, suite_specs  # noqa: E402
-from streamgen.loaders import num_blocks  # noqa: E402
-from streamgen.model import CausalWanModel  # noqa: E402
 from streamgen.rollout import sample_full  # noqa: E402
 from streamgen.sampler import teacher_sigmas  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
@@ -37,15 +34,6 @@ from streamgen.toyworld.captions import canonical_caption  # noqa: E402
 from streamgen.toyworld.evaluate import evaluate_clip, format_table  # noqa: E402
 from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
-
-
-def load_teacher(cfg, source: str) -> CausalWanModel:
-    """A teacher from ``source`` with ``cfg.model``, its depth taken from the weights."""
-    with safe_open(str(resolve_weights(source, "ema")), "pt") as f:  # the key names only, no tensors
-        depth = num_blocks(f.keys())
-    model = CausalWanModel(type(cfg.model)(**{**vars(cfg.model), "num_layers": depth}))
-    load_weights(model, source, "ema")
-    return model.eval()
 
 
 @torch.no_grad()

@@ -35,16 +35,27 @@ def table(rows: list[dict], floatfmt: str = "{:.3f}") -> str:
     return "\n".join(out + [line(r) for r in cells])
 
 
-def load_teacher_parts(cfg, weights: str):
-    """``(model, vae, text encoder)`` for a teacher run config ``cfg`` and a weights source (a checkpoint
-    directory, a run directory or a safetensors file; ``distill.load_weights``), the model in eval mode with
-    ``cfg.model``'s overrides applied."""
-    from streamgen.distill import load_weights
+def load_teacher(cfg, weights: str):
+    """The teacher at a weights source (a checkpoint directory, a run directory or a safetensors file;
+    ``distill.load_weights``), EMA, eval mode, with ``cfg.model`` except its depth, which is read from the
+    weights: a 10-block teacher and a 6-block one load under the same config."""
+    from safetensors import safe_open
+
+    from streamgen.distill import load_weights, resolve_weights
+    from streamgen.loaders import num_blocks
     from streamgen.model import CausalWanModel
+
+    with safe_open(str(resolve_weights(weights, "ema")), "pt") as f:  # the key names only, no tensors
+        depth = num_blocks(f.keys())
+    model = CausalWanModel(type(cfg.model)(**{**vars(cfg.model), "num_layers": depth}))
+    load_weights(model, weights, "ema")
+    return model.eval()
+
+
+def load_teacher_parts(cfg, weights: str):
+    """``(model, vae, text encoder)`` for a teacher run config ``cfg`` and a weights source (``load_teacher``)."""
     from streamgen.text import load_text_encoder
     from streamgen.vae import load_vae
 
-    model = CausalWanModel(cfg.model)
-    load_weights(model, weights, "ema")
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
-    return model.eval(), load_vae(cfg.vae_path), text
+    return load_teacher(cfg, weights), load_vae(cfg.vae_path), text
