@@ -1,7 +1,7 @@
 """Does guiding the teacher with a weaker version of itself (autoguidance) fix its layouts?
 
     python bench/autoguidance_probe.py --teacher runs/teacher_grow10 --guide assets/teacher \
-        [--scale 1 --scale 2 ...] [--cfg 2] [--prompts 16] [--steps 30] [key=value ...]
+        [--scale 1 --scale 2 ...] [--cfg 2] [--prompts 16] [--steps 30] [--save DIR] [key=value ...]
 
 Karras et al. 2024 ("Guiding a Diffusion Model with a Bad Version of Itself") guide a model with a
 smaller or shorter-trained one of the same family: the difference between the two points away from
@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--save", default=None,
+                    help="write each row's decoded clips and their targets to SAVE/<row>.npz (uint8 [N, F, H, W, 3])")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
@@ -61,7 +64,7 @@ def main(argv=None) -> None:
     runs = [(None, 1.0)] + [(g, s) for g in guides for s in args.scale if s != 1.0]
     rows = []
     for name, scale in runs:
-        clips = []
+        clips, frames = [], []
         for i, spec in enumerate(specs):
             states = text.encode([canonical_caption(spec)])
             noise = torch.randn(1, vae.z_dim, cfg.train.latent_frames, h, w,
@@ -73,7 +76,13 @@ def main(argv=None) -> None:
                 guide = lambda x, t, x0_prev, gm=gm, gctx=gctx: gm(x, t, gctx, None, x0_prev)  # noqa: E731
             lat = sample_full(model, model.encode_context(states), uncond, noise, sig, args.cfg,
                               guide=guide, guide_scale=scale)
-            clips.append(evaluate_clip(to_uint8(vae.decode(lat.float())), spec).row())
+            frames.append(to_uint8(vae.decode(lat.float())))
+            clips.append(evaluate_clip(frames[-1], spec).row())
+        if args.save:
+            out = Path(args.save)
+            out.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(out / f"row{len(rows)}.npz", frames=np.stack(frames),
+                                captions=np.array([canonical_caption(s) for s in specs]))
         rows.append(mean_row(clips, teacher=args.teacher, guide=name or "-", autoguidance=scale, cfg=args.cfg))
         print(format_table(rows[-1:]), flush=True)
     print(format_table(rows))

@@ -1,0 +1,76 @@
+"""Which shape and which motion did the sampled clips show, prompt by prompt?
+
+    python bench/autoguidance_probe.py --teacher W --prompts 32 --save runs/probe   # writes runs/probe/row0.npz
+    python bench/clip_confusion.py runs/probe/row0.npz [--presence 0.9]
+
+The probe's table says how often shape and motion direction are right; this says what they are instead.
+Per clip: the prompted shape and motion, the clip's majority detected shape, the detected motion of its
+motion window(s) and its presence rate. Then confusion tables (prompted row, detected column) over all
+clips and, separately, over the clips whose presence is at least ``--presence``: motion can only be read
+off a track, so a clip whose object comes and goes scores as a wrong motion whatever it was drawn doing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from streamgen.toyworld.captions import parse_caption  # noqa: E402
+from streamgen.toyworld.evaluate import evaluate_clip  # noqa: E402
+from streamgen.toyworld.world import MOTIONS, SHAPES  # noqa: E402
+
+
+def clip_rows(frames: np.ndarray, captions) -> list[dict]:
+    """One row per clip: prompted and detected shape / motion, presence."""
+    rows = []
+    for clip, caption in zip(frames, captions):
+        ev = evaluate_clip(clip, str(caption))
+        target = parse_caption(str(caption)).attributes
+        shapes = ev.detections.shape[ev.detections.has_object]
+        shapes = shapes[shapes >= 0]
+        shape = SHAPES[int(np.bincount(shapes, minlength=len(SHAPES)).argmax())] if len(shapes) else "-"
+        motions = Counter(w.detected or "-" for w in ev.windows)
+        rows.append(dict(shape_t=target.shape, shape_d=shape, motion_t=target.motion,
+                         motion_d=motions.most_common(1)[0][0] if motions else "-",
+                         presence=ev.accuracy.presence))
+    return rows
+
+
+def confusion(rows: list[dict], key: str, names) -> str:
+    cols = list(names) + ["-"]
+    counts = Counter((r[f"{key}_t"], r[f"{key}_d"]) for r in rows)
+    width = max(len(c) for c in cols) + 1
+    out = [" " * width + "".join(c[:8].rjust(9) for c in cols) + "   right"]
+    for t in names:
+        n = sum(counts[(t, c)] for c in cols)
+        if n:
+            out.append(t.ljust(width) + "".join(str(counts[(t, c)]).rjust(9) for c in cols)
+                       + f"   {counts[(t, t)]}/{n}")
+    right = sum(counts[(t, t)] for t in names)
+    out.append(f"{key}: {right}/{len(rows)} right")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("npz", help="a file written by autoguidance_probe.py --save")
+    ap.add_argument("--presence", type=float, default=0.9, help="presence rate that makes a clip's track readable")
+    args = ap.parse_args(argv)
+    data = np.load(args.npz)
+    rows = clip_rows(data["frames"], data["captions"])
+    for r, c in zip(rows, data["captions"]):
+        print(f"{r['presence']:.2f}  shape {r['shape_d']:>8} ({r['shape_t']})  motion {r['motion_d']:>20}  | {c}")
+    for key, names in (("shape", SHAPES), ("motion", MOTIONS)):
+        print(f"\nall clips ({len(rows)})\n" + confusion(rows, key, names))
+        kept = [r for r in rows if r["presence"] >= args.presence]
+        if kept:
+            print(f"\npresence >= {args.presence} ({len(kept)} clips)\n" + confusion(kept, key, names))
+
+
+if __name__ == "__main__":
+    main()
