@@ -257,6 +257,13 @@ class TrainConfig:
     # prompt can give the shape (session 11: the teacher takes shape from its input alone). 0 = off.
     coarse_input: float = 0.0
     coarse_channels: int = 3
+    # Counterfactual input: on steps with neither path correction nor coarse input, each captioned sample is, with
+    # this probability, noised from its clip re-rendered with ``swap_attributes`` changed (data.counterfactual_frames:
+    # another shape on the same track; another motion from the same first position) and trained against the real
+    # clip. The input then contradicts the caption on exactly that attribute, so it can only be learnt from the
+    # prompt (session 12: the teacher copies outline and track from its input, and the prompt never sets them). 0 = off.
+    swap_input: float = 0.0
+    swap_attributes: tuple[str, ...] = ("shape",)
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -290,6 +297,14 @@ class TrainConfig:
         if not (0.0 <= self.coarse_input <= 1.0 and self.coarse_channels >= 1):
             raise ConfigError(f"train.coarse_input must be in [0, 1] and train.coarse_channels >= 1, got "
                               f"{self.coarse_input} and {self.coarse_channels}")
+        if not 0.0 <= self.swap_input <= 1.0:
+            raise ConfigError(f"train.swap_input must be in [0, 1], got {self.swap_input}")
+        bad = [a for a in self.swap_attributes if a not in ("shape", "motion")]
+        if bad or not self.swap_attributes:
+            raise ConfigError(f"train.swap_attributes takes some of [shape, motion], got {list(self.swap_attributes)}")
+        if self.swap_input > 0 and self.crop > 0:
+            raise ConfigError("train.swap_input does not combine with object crops yet (the crop of the re-rendered "
+                              "clip would be taken elsewhere): set train.crop=0 and train.crop_every=0, or swap_input=0")
         if not 0.0 <= self.path_from_min < hi:
             raise ConfigError(f"train.path_from_min must be in [0, path_sigma_range's hi = {hi}), got {self.path_from_min}")
         if self.foreground_dilate < 0:

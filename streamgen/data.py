@@ -5,15 +5,17 @@ uninterrupted run would have, with no data-loader state to save.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .sampler import foreground_mask
 from .toyworld.captions import canonical_caption, paraphrase
-from .toyworld.render import render_batch
-from .toyworld.world import ClipSpec, sample_spec
+from .toyworld.render import Track, render_batch, render_track, simulate
+from .toyworld.world import (CANVAS, MOTIONS, SHAPES, STATIC_MOTIONS, TRAIN_COMBOS, ClipSpec, centre_bounds, max_size,
+                             sample_spec)
 from .vae import VideoVAE, pixel_frames
 
 
@@ -22,6 +24,7 @@ class ToyBatch:
     latents: torch.Tensor  # [B, z, f, h, w]
     captions: list[str]  # "" where the caption was dropped
     specs: list[ClipSpec]
+    start: list[int]  # each clip's first frame in its spec's timeline
 
 
 def batch_rng(seed: int, step: int, rank: int) -> np.random.Generator:
@@ -50,7 +53,50 @@ def toy_batch(vae: VideoVAE, batch_size: int, latent_frames: int, seed: int, ste
             captions.append(canonical_caption(s))
     with torch.no_grad():
         latents = vae.encode(frames_to_tensor(frames))
-    return ToyBatch(latents, captions, specs)
+    return ToyBatch(latents, captions, specs, start)
+
+
+SWAPPABLE = ("shape", "motion")
+
+
+def counterfactual_track(spec: ClipSpec, num_frames: int, start: int, swap: Sequence[str],
+                         rng: np.random.Generator) -> Track:
+    """The track of frames ``start .. start + num_frames - 1`` of ``spec``'s clip with each attribute in ``swap``
+    (``SWAPPABLE``) changed to another value (``track.specs`` hold the new attributes).
+
+    A shape swap keeps the track exactly (place, size, pulse; only the outline differs). A motion swap starts the
+    new motion from the clip's first position (same shape, colour, size), so the two clips agree in their first
+    frame and part from there. The swapped (shape, colour, motion) is always a training combination, so no held-out
+    combination is ever rendered for training. Why: noised, such a clip is an input whose outline or track
+    contradicts the caption of the target clip, so only the prompt can say which one to draw."""
+    bad = [a for a in swap if a not in SWAPPABLE]
+    if bad or not swap:
+        raise ValueError(f"swap takes some of {SWAPPABLE}, got {list(swap)}")
+    shapes = [v for v in SHAPES if v != spec.shape] if "shape" in swap else [spec.shape]
+    motions = [v for v in MOTIONS if v != spec.motion] if "motion" in swap else [spec.motion]
+    combos = [(s, m) for s in shapes for m in motions if (s, spec.colour, m) in TRAIN_COMBOS]
+    if not combos:  # every alternative is held out for this colour: keep the clip as it is
+        combos = [(spec.shape, spec.motion)]
+    shape, motion = combos[int(rng.integers(len(combos)))]
+    track, _ = simulate(spec, num_frames, start)
+    if motion == spec.motion:  # same track, other outline (render_track reads only the look from the specs)
+        look = ClipSpec(shape, spec.colour, spec.background, motion, spec.speed, spec.size, CANVAS / 2, CANVAS / 2)
+        return replace(track, specs=(look,) * num_frames)
+    speed = None if motion in STATIC_MOTIONS else (spec.speed if spec.motion not in STATIC_MOTIONS else None)
+    x_lo, x_hi, y_lo, y_hi = centre_bounds(shape, max_size(motion, spec.size))
+    x, y = float(np.clip(track.x[0], x_lo, x_hi)), float(np.clip(track.y[0], y_lo, y_hi))
+    dir_x, dir_y = (int(v) for v in rng.choice([-1, 1], size=2))
+    other = ClipSpec(shape, spec.colour, spec.background, motion, speed, spec.size, x, y, dir_x, dir_y)
+    return simulate(other, num_frames, 0)[0]
+
+
+def counterfactual_latents(vae: VideoVAE, batch: ToyBatch, latent_frames: int, swap: Sequence[str],
+                           rng: np.random.Generator) -> torch.Tensor:
+    """Every clip of ``batch`` rendered along its ``counterfactual_track``, encoded like ``batch.latents``."""
+    n = pixel_frames(latent_frames, vae.temporal)
+    frames = np.stack([render_track(counterfactual_track(s, n, f0, swap, rng)) for s, f0 in zip(batch.specs, batch.start)])
+    with torch.no_grad():
+        return vae.encode(frames_to_tensor(frames))
 
 
 def object_crop(latents: torch.Tensor, size: int, generator: torch.Generator, jitter: int = 1) -> torch.Tensor:

@@ -233,3 +233,19 @@ def test_path_correction_on_image_steps_only(setup):
     path, image, coarse = flags(run_dir, "path"), flags(run_dir, "image"), flags(run_dir, "coarse")
     assert sorted(path) == list(range(1, 7)) and path == image and sum(path.values()) == 2
     assert coarse == {s: 1.0 - v for s, v in path.items()}  # train.coarse_input: every step without path correction
+
+
+def test_counterfactual_inputs_on_the_steps_without_other_substitutes(setup):
+    """``train.swap_input``: captioned samples of steps without path correction or coarse input are noised from
+    their clip with another shape and motion (tests/test_counterfactual.py checks the renders)."""
+    run_dir = setup / "swap"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    r = subprocess.run(cmd(setup, run_dir, 6) + ["train.path_correction=0", "train.crop=0", "train.crop_every=0",
+                                                 "train.coarse_input=0.5", "train.swap_input=1.0",
+                                                 "train.swap_attributes=[shape, motion]"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    swap, coarse = flags(run_dir, "swap"), flags(run_dir, "coarse")
+    assert sorted(swap) == list(range(1, 7))
+    assert all(swap[s] == 0 for s in swap if coarse[s]) and any(swap[s] > 0 for s in swap if not coarse[s])
+    assert all(v == v and v < 1e3 for v in losses(run_dir).values())

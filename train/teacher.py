@@ -11,6 +11,7 @@ of sampled clips, ``eval/step_N.txt``) with the clips themselves tiled into one 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.config import ConfigError, TeacherRunConfig, load_config  # noqa: E402
-from streamgen.data import object_crop, toy_batch  # noqa: E402
+from streamgen.data import counterfactual_latents, object_crop, toy_batch  # noqa: E402
 from streamgen.distill import (coarse_latents, flow_matching_loss, path_correction_input, path_source_levels,  # noqa: E402
                                substituted_input)
 # Imported now, not at the first eval: a run lasts hours, and a module edited meanwhile must not mix with
@@ -125,6 +126,16 @@ def main(argv=None) -> None:
         coarse = tc.coarse_input > 0 and torch.rand((), generator=g) < tc.coarse_input and not path
         if coarse:
             xt, noise = substituted_input(x0, coarse_latents(x0, tc.coarse_channels), noise, sigma)
+        swapped = 0.0
+        if tc.swap_input > 0 and not (path or coarse):
+            pick = (torch.rand(x0.shape[0], generator=g) < tc.swap_input) & torch.tensor([c != "" for c in batch.captions])
+            idx = pick.nonzero().squeeze(1)
+            if len(idx):
+                sub = dataclasses.replace(batch, specs=[batch.specs[i] for i in idx], start=[batch.start[i] for i in idx])
+                rng = np.random.default_rng(stable_seed(tc.seed, step, run.rank, 2))
+                x_cf = counterfactual_latents(vae, sub, frames, tc.swap_attributes, rng)
+                xt[idx], noise[idx] = substituted_input(x0[idx], x_cf.to(x0), noise[idx], sigma[idx])
+            swapped = len(idx) / x0.shape[0]
         x0_prev = None
         if cfg.model.self_conditioning and torch.rand((), generator=g) < 0.5:
             # Half the steps see the model's own estimate (no gradient through it), as a sampler's next step does.
@@ -134,7 +145,7 @@ def main(argv=None) -> None:
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
         return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop),
-                "self_cond": float(x0_prev is not None), "path": float(path), "coarse": float(coarse)}
+                "self_cond": float(x0_prev is not None), "path": float(path), "coarse": float(coarse), "swap": swapped}
 
     def eval_fn(step: int) -> dict:
         rows, table = teacher_eval(ema.module, vae, text, cfg, num_prompts=tc.eval_prompts, steps=tc.eval_steps,
