@@ -52,6 +52,13 @@ class ModelConfig:
     # full-rank embedding has a flat spectrum: every direction of the residual stream carries input noise.
     # Warm-started at rank 128 (session 10, bench/RESULTS.md) it drew less mosaic but lost low-noise detail.
     patch_embed_rank: int = 0
+    # Pooled text in the modulation (SD3 / Flux's pooled text vector; DiT's adaLN class conditioning): the mean
+    # of the projected text tokens, through a zero-initialised linear map, is added to the timestep embedding
+    # that every block's adaLN scale / shift / gate and the head read. Wan conditions on text by cross-attention
+    # only, which lets a token add a prompt-dependent vector but not switch its own features on or off by the
+    # prompt; session 12: the toy teacher takes colour from the prompt but never shape or motion. Off for Wan
+    # checkpoints; a warm start from a model without it keeps that model's function (distill.fit_state).
+    pooled_text: bool = False
 
     @property
     def dim(self) -> int:

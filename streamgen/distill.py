@@ -563,9 +563,18 @@ def factor_patch_embedding(state: dict[str, torch.Tensor], model: torch.nn.Modul
     return out
 
 
+def match_pooled_text(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` fitted to ``model.pooled_text``: a source without the pooled-text map gains it at zero (the same
+    function); a source with it loaded into a model without it is left to the strict load, which names the keys."""
+    if not getattr(model.config, "pooled_text", False) or "text_pool.weight" in state:
+        return state
+    return {**state, **{f"text_pool.{k}": torch.zeros_like(v) for k, v in model.text_pool.state_dict().items()}}
+
+
 def fit_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``state`` fitted to ``model``'s patch embedding: self-conditioning matched, then factored to low rank."""
-    return factor_patch_embedding(match_self_conditioning(state, model), model)
+    """``state`` fitted to ``model``: self-conditioning matched, patch embedding factored to low rank, pooled
+    text added at zero."""
+    return match_pooled_text(factor_patch_embedding(match_self_conditioning(state, model), model), model)
 
 
 def load_weights(model: torch.nn.Module, source: str | Path, module: str = "ema") -> Path:

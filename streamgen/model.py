@@ -39,6 +39,7 @@ class TextContext:
 
     tokens: torch.Tensor  # [B, Lt, D]
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: K, V [B, Lt, H, Dh]
+    pooled: torch.Tensor | None = None  # [B, D] added to the timestep embedding (config.pooled_text), else None
 
 
 @dataclass
@@ -81,6 +82,10 @@ class CausalWanModel(nn.Module):
         self.condition_embedder = WanTimeTextImageEmbedding(
             dim=d, time_freq_dim=config.freq_dim, time_proj_dim=d * 6, text_embed_dim=config.text_dim
         )
+        if config.pooled_text:  # zero: the same function as without it until trained
+            self.text_pool = nn.Linear(d, d)
+            nn.init.zeros_(self.text_pool.weight)
+            nn.init.zeros_(self.text_pool.bias)
         self.blocks = nn.ModuleList(
             WanTransformerBlock(d, config.ffn_dim, config.num_attention_heads, config.qk_norm, config.cross_attn_norm, config.eps)
             for _ in range(config.num_layers)
@@ -137,7 +142,10 @@ class CausalWanModel(nn.Module):
 
     def context_from_tokens(self, tokens: torch.Tensor) -> TextContext:
         """Cross-attention K/V of projected text ``tokens`` ``[B, Lt, D]`` for every block this model holds
-        (a pipeline-parallel stage sets the blocks of other ranks to ``None``; their K/V entries are ``None``)."""
+        (a pipeline-parallel stage sets the blocks of other ranks to ``None``; their K/V entries are ``None``),
+        and with ``config.pooled_text`` the pooled vector (the mean over all ``Lt`` positions, padding included:
+        computed from the tokens alone, it is the same on every pipeline rank)."""
+        pooled = self.text_pool(tokens.mean(1)) if self.config.pooled_text else None
         kv = []
         for block in self.blocks:
             if block is None:
@@ -147,12 +155,13 @@ class CausalWanModel(nn.Module):
             k = a.norm_k(a.to_k(tokens)).unflatten(2, (a.heads, -1))
             v = a.to_v(tokens).unflatten(2, (a.heads, -1))
             kv.append((k, v))
-        return TextContext(tokens, kv)
+        return TextContext(tokens, kv, pooled)
 
     # -- forward pieces ----------------------------------------------------------------------
-    def embed(self, x: torch.Tensor, timestep: torch.Tensor, x0_prev: torch.Tensor | None = None) -> TokenState:
+    def embed(self, x: torch.Tensor, timestep: torch.Tensor, x0_prev: torch.Tensor | None = None,
+              pooled: torch.Tensor | None = None) -> TokenState:
         """Patchify latents (with ``config.self_conditioning``, beside the previous x0 estimate ``x0_prev``,
-        zeros when None) and embed per-frame timesteps."""
+        zeros when None) and embed per-frame timesteps (plus ``TextContext.pooled`` when given)."""
         b, _, f, h, w = x.shape
         pt = self.config.patch_size[0]
         if self.config.self_conditioning:
@@ -160,12 +169,16 @@ class CausalWanModel(nn.Module):
         elif x0_prev is not None:
             raise ValueError("x0_prev given to a model without model.self_conditioning")
         hidden = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
-        mod, temb = self.embed_timestep(timestep, b, f, hidden.dtype, x.device)
+        mod, temb = self.embed_timestep(timestep, b, f, hidden.dtype, x.device, pooled)
         return TokenState(hidden, mod, temb, self.token_grid(h, w), f // pt)
 
-    def embed_timestep(self, timestep: torch.Tensor, b: int, f: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_timestep(self, timestep: torch.Tensor, b: int, f: int, dtype: torch.dtype, device=None,
+                       pooled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame modulation ``[B, F', 6, D]`` and embedding ``[B, F', D]`` of timesteps ``[B]`` or ``[B, F]``
-        for ``F`` latent frames (pipeline-parallel ranks recompute these instead of receiving them)."""
+        for ``F`` latent frames (pipeline-parallel ranks recompute these instead of receiving them); ``pooled``
+        ``[B, D]`` (``TextContext.pooled``) is added to the embedding of every frame."""
+        if (pooled is None) != (not self.config.pooled_text):
+            raise ValueError("pass TextContext.pooled to embed exactly when model.pooled_text is set")
         pt = self.config.patch_size[0]
         frames = f // pt
         t = torch.as_tensor(timestep, device=device)
@@ -181,6 +194,8 @@ class CausalWanModel(nn.Module):
         tproj = ce.timesteps_proj(t.reshape(-1).float())
         temb_dtype = next(ce.time_embedder.parameters()).dtype
         temb = ce.time_embedder(tproj.to(temb_dtype)).to(dtype)  # [B*F, D]
+        if pooled is not None:
+            temb = temb + pooled.to(dtype).repeat_interleave(frames, 0)
         mod = ce.time_proj(ce.act_fn(temb)).unflatten(-1, (6, -1))  # [B*F, 6, D]
         return mod.unflatten(0, (b, frames)), temb.unflatten(0, (b, frames))
 
@@ -227,7 +242,7 @@ class CausalWanModel(nn.Module):
         if attn is None:
             _, _, f, h, w = x.shape
             attn = self.full_attention(f // self.config.patch_size[0], h, w)
-        state = self.run_blocks(self.embed(x, timestep, x0_prev), context, attn)
+        state = self.run_blocks(self.embed(x, timestep, x0_prev, context.pooled), context, attn)
         return self.output(self.head(state, (x.shape[0], self.config.out_channels, *x.shape[2:])), x, timestep)
 
     def forward_cached(self, x: torch.Tensor, timestep: torch.Tensor, context: TextContext, cache: RollingKVCache,

@@ -40,8 +40,9 @@ def pca_vae(z_dim: int = 4, seed: int = 0) -> PCAVideoVAE:
 
 
 def tiny_pp_pipeline(seed: int = 0, mode: str = "recache", context_timestep: float = 0.0, cache: CacheConfig = PP_CACHE,
-                     steps=(1000, 750, 500, 250), schedule: str = "chunkwise", prediction: str = "flow") -> StreamingPipeline:
-    model_cfg = dataclasses.replace(PP_MODEL, prediction=prediction)
+                     steps=(1000, 750, 500, 250), schedule: str = "chunkwise", prediction: str = "flow",
+                     pooled_text: bool = False) -> StreamingPipeline:
+    model_cfg = dataclasses.replace(PP_MODEL, prediction=prediction, pooled_text=pooled_text)
     cfg = StreamGenConfig(model=model_cfg, cache=cache,
                           sampler=SamplerConfig(denoising_steps=list(steps), shift=5.0, context_timestep=context_timestep,
                                                 schedule=schedule),

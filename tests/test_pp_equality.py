@@ -56,6 +56,17 @@ def test_threads_other_switch_modes_and_context_noise(mode, ctx_t):
     _assert_equal(res[-1], ref_lat, ref_frames)
 
 
+def test_threads_equal_single_process_with_pooled_text():
+    """``model.pooled_text``: later ranks rebuild the pooled vector from the text tokens the first rank sends."""
+    make = lambda: tiny_pp_pipeline(pooled_text=True)  # noqa: E731
+    ref_lat, ref_frames = reference(make(), switch_timeline(), SEED)
+    plain_lat, _ = reference(tiny_pp_pipeline(), switch_timeline(), SEED)
+    assert rel_err(ref_lat[-1], plain_lat[-1]) > 1e-3  # the pooled path changes the output
+    res = run_threads(make, switch_timeline(), 3, num_frames=NUM_FRAMES, seed=SEED, keep_outputs=True)
+    assert all(not isinstance(r, BaseException) for r in res), res
+    _assert_equal(res[-1], ref_lat, ref_frames)
+
+
 def _gloo_rank(rank, world, out):
     # 3 ranks also move blocks over gloo: to given counts before chunk 2, to the measured balance before 5
     rebalance = {2: [1, 4, 1], 5: "measure"} if world == 3 else None

@@ -182,7 +182,7 @@ def measure_costs(pipe, repeats: int = 3) -> Costs:
     for _ in range(repeats + 1):
         _sync(dev)
         t0 = time.perf_counter()
-        state = model.embed(x, t)
+        state = model.embed(x, t, pooled=ctx.pooled)
         _sync(dev)
         embed_t.append(time.perf_counter() - t0)
         view = cache.view(fs, C, write=False)

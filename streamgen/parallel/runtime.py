@@ -251,7 +251,7 @@ class _Rank:
         m = self.model
         if self.first:
             x, t, ctx = self._first_input(w, lat)
-            state = m.embed(x, t)
+            state = m.embed(x, t, pooled=ctx.pooled)
             if ctx is not self.ctx_sent:
                 self.ctx_id, self.ctx_sent = self.ctx_id + 1, ctx
                 tokens = ctx.tokens
@@ -270,7 +270,7 @@ class _Rank:
             elif ctx_id != self.ctx_id:
                 raise RuntimeError(f"rank {self.rank}: pass {w} uses prompt context {ctx_id} it never received")
             ctx = self.ctx
-            mod, temb = m.embed_timestep(t, 1, self.C, self.dtype, self.dev)
+            mod, temb = m.embed_timestep(t, 1, self.C, self.dtype, self.dev, ctx.pooled)
             state = TokenState(self.hidden, mod, temb, self.grid, self.frames)
         if self.first:
             self.timed["embed"] += self._clock() - t_start - (self.wait - wait0)
