@@ -37,8 +37,8 @@ def table(rows: list[dict], floatfmt: str = "{:.3f}") -> str:
 
 def load_teacher(cfg, weights: str):
     """The teacher at a weights source (a checkpoint directory, a run directory or a safetensors file;
-    ``distill.load_weights``), EMA, eval mode, with ``cfg.model`` except its depth, which is read from the
-    weights: a 10-block teacher and a 6-block one load under the same config."""
+    ``distill.load_weights``), EMA, eval mode, with ``cfg.model`` except its depth and ``pooled_text``, which are
+    read from the weights: a 10-block teacher and a 6-block one load under the same config."""
     from safetensors import safe_open
 
     from streamgen.distill import load_weights, resolve_weights
@@ -46,8 +46,9 @@ def load_teacher(cfg, weights: str):
     from streamgen.model import CausalWanModel
 
     with safe_open(str(resolve_weights(weights, "ema")), "pt") as f:  # the key names only, no tensors
-        depth = num_blocks(f.keys())
-    model = CausalWanModel(type(cfg.model)(**{**vars(cfg.model), "num_layers": depth}))
+        keys = list(f.keys())
+    model = CausalWanModel(type(cfg.model)(**{**vars(cfg.model), "num_layers": num_blocks(keys),
+                                              "pooled_text": "text_pool.weight" in keys}))
     load_weights(model, weights, "ema")
     return model.eval()
 
