@@ -37,8 +37,8 @@ def table(rows: list[dict], floatfmt: str = "{:.3f}") -> str:
 
 def load_teacher(cfg, weights: str):
     """The teacher at a weights source (a checkpoint directory, a run directory or a safetensors file;
-    ``distill.load_weights``), EMA, eval mode, with ``cfg.model`` except its depth and ``pooled_text``, which are
-    read from the weights: a 10-block teacher and a 6-block one load under the same config."""
+    ``distill.load_weights``), EMA, eval mode, with ``cfg.model`` except its depth, ``pooled_text`` and patch size,
+    which are read from the weights: a 10-block teacher and a 6-block one load under the same config."""
     from safetensors import safe_open
 
     from streamgen.distill import load_weights, resolve_weights
@@ -47,8 +47,10 @@ def load_teacher(cfg, weights: str):
 
     with safe_open(str(resolve_weights(weights, "ema")), "pt") as f:  # the key names only, no tensors
         keys = list(f.keys())
+        embed = next(k for k in ("patch_embedding.weight", "patch_embedding.down.weight") if k in keys)
+        patch = tuple(f.get_slice(embed).get_shape()[2:])  # conv kernel [D, C, pt, ph, pw]
     model = CausalWanModel(type(cfg.model)(**{**vars(cfg.model), "num_layers": num_blocks(keys),
-                                              "pooled_text": "text_pool.weight" in keys}))
+                                              "pooled_text": "text_pool.weight" in keys, "patch_size": patch}))
     load_weights(model, weights, "ema")
     return model.eval()
 

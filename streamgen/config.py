@@ -152,6 +152,8 @@ class SamplerConfig:
 
 
 SWITCH_MODES = ("recache", "none", "blend")
+# Attributes a counterfactual training input may change (train.swap_attributes, data.counterfactual_track).
+SWAPPABLE = ("shape", "motion")
 
 
 @dataclass
@@ -265,7 +267,7 @@ class TrainConfig:
     coarse_input: float = 0.0
     coarse_channels: int = 3
     # Counterfactual input: on steps with neither path correction nor coarse input, each captioned sample is, with
-    # this probability, noised from its clip re-rendered with ``swap_attributes`` changed (data.counterfactual_frames:
+    # this probability, noised from its clip re-rendered with ``swap_attributes`` changed (data.counterfactual_track:
     # another shape on the same track; another motion from the same first position) and trained against the real
     # clip. The input then contradicts the caption on exactly that attribute, so it can only be learnt from the
     # prompt (session 12: the teacher copies outline and track from its input, and the prompt never sets them). 0 = off.
@@ -306,9 +308,9 @@ class TrainConfig:
                               f"{self.coarse_input} and {self.coarse_channels}")
         if not 0.0 <= self.swap_input <= 1.0:
             raise ConfigError(f"train.swap_input must be in [0, 1], got {self.swap_input}")
-        bad = [a for a in self.swap_attributes if a not in ("shape", "motion")]
+        bad = [a for a in self.swap_attributes if a not in SWAPPABLE]
         if bad or not self.swap_attributes:
-            raise ConfigError(f"train.swap_attributes takes some of [shape, motion], got {list(self.swap_attributes)}")
+            raise ConfigError(f"train.swap_attributes takes some of {list(SWAPPABLE)}, got {list(self.swap_attributes)}")
         if self.swap_input > 0 and self.crop > 0:
             raise ConfigError("train.swap_input does not combine with object crops yet (the crop of the re-rendered "
                               "clip would be taken elsewhere): set train.crop=0 and train.crop_every=0, or swap_input=0")

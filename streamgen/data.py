@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .config import SWAPPABLE
 from .sampler import foreground_mask
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.render import Track, render_batch, render_track, simulate
@@ -51,12 +52,13 @@ def toy_batch(vae: VideoVAE, batch_size: int, latent_frames: int, seed: int, ste
             captions.append(paraphrase(s, rng))
         else:
             captions.append(canonical_caption(s))
+    return ToyBatch(encode_frames(vae, frames), captions, specs, start)
+
+
+def encode_frames(vae: VideoVAE, frames: np.ndarray) -> torch.Tensor:
+    """uint8 clips ``[N, F, H, W, 3]`` -> latents ``[N, z, f, h, w]`` (no gradient: training data)."""
     with torch.no_grad():
-        latents = vae.encode(frames_to_tensor(frames))
-    return ToyBatch(latents, captions, specs, start)
-
-
-SWAPPABLE = ("shape", "motion")
+        return vae.encode(frames_to_tensor(frames))
 
 
 def counterfactual_track(spec: ClipSpec, num_frames: int, start: int, swap: Sequence[str],
@@ -95,8 +97,7 @@ def counterfactual_latents(vae: VideoVAE, batch: ToyBatch, latent_frames: int, s
     """Every clip of ``batch`` rendered along its ``counterfactual_track``, encoded like ``batch.latents``."""
     n = pixel_frames(latent_frames, vae.temporal)
     frames = np.stack([render_track(counterfactual_track(s, n, f0, swap, rng)) for s, f0 in zip(batch.specs, batch.start)])
-    with torch.no_grad():
-        return vae.encode(frames_to_tensor(frames))
+    return encode_frames(vae, frames)
 
 
 def object_crop(latents: torch.Tensor, size: int, generator: torch.Generator, jitter: int = 1) -> torch.Tensor:
