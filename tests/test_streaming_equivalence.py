@@ -1,5 +1,5 @@
 """Chunk-by-chunk generation through the rolling cache equals one full-sequence forward with the
-equivalent block-causal mask (BlockCausalPlan), for every window / sink / position policy."""
+equivalent block-causal mask (BlockCausalPlan), for every window / sink / position policy, at patch 2 and patch 1."""
 import pytest
 import torch
 
@@ -33,10 +33,11 @@ def _stream(model, cfg, noisy, clean, t_noisy, t_ctx, text):
     return outs_noisy, torch.cat(outs_clean, dim=2), cache
 
 
+@pytest.mark.parametrize("name", ["tiny_a", "tiny_p1"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_stream_equals_full_sequence(case):
+def test_stream_equals_full_sequence(case, name):
     cfg = CASES[case]
-    model = tiny_model("tiny_a")
+    model = tiny_model(name)
     g = torch.Generator().manual_seed(1)
     b, f, h, w = 2, N_CHUNKS * C, 4, 6
     clean = torch.randn(b, 4, f, h, w, generator=g)
