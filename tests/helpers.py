@@ -1,4 +1,6 @@
 """Shared tiny models and inputs for tests."""
+import dataclasses
+
 import torch
 
 from streamgen.config import ModelConfig
@@ -10,10 +12,9 @@ TINY_CONFIGS = {
                           freq_dim=16, ffn_dim=32, num_layers=2),
     "tiny_b": ModelConfig(num_attention_heads=3, attention_head_dim=16, in_channels=3, out_channels=5, text_dim=8,
                           freq_dim=32, ffn_dim=24, num_layers=3, cross_attn_norm=False),
-    # one token per latent position (the toy teacher's patch-size A/B, bench/RESULTS.md session 13)
-    "tiny_p1": ModelConfig(patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=12, in_channels=4,
-                           out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2),
 }
+# tiny_a with one token per latent position (the toy teacher's patch-size A/B, bench/RESULTS.md session 13)
+TINY_CONFIGS["tiny_p1"] = dataclasses.replace(TINY_CONFIGS["tiny_a"], patch_size=(1, 1, 1))
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.5, seed: int = 0) -> torch.nn.Module:
