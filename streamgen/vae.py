@@ -112,6 +112,46 @@ class WanVAE(VideoVAE):
         return WanStreamDecoder(self)
 
 
+class SavedVAE(VideoVAE):
+    """A VAE fitted here, saved as ``config.json`` (``type`` = ``config_type`` + ``_config()``) and
+    ``vae.safetensors`` (its buffers / parameters)."""
+
+    config_type: str
+
+    def _config(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def _from_config(cls, cfg: dict) -> "SavedVAE":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def _check_state(cls, state: dict, d: Path) -> None:
+        """Raise on a known-outdated state dict (with the fix); the default accepts all."""
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "vae.safetensors"))
+        (d / "config.json").write_text(json.dumps({"type": self.config_type, **self._config()}, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "SavedVAE":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg = json.loads((d / "config.json").read_text())
+        if cfg.get("type") != cls.config_type:
+            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not {cls.config_type!r}")
+        vae = cls._from_config(cfg)
+        state = load_file(str(d / "vae.safetensors"))
+        cls._check_state(state, d)
+        vae.load_state_dict(state)
+        return vae.eval()
+
+
 # ---------------------------------------------------------------------------------------------
 # PCA patch autoencoder (embedded default)
 # ---------------------------------------------------------------------------------------------
@@ -125,13 +165,34 @@ def _patches(video: torch.Tensor, t: int, s: int) -> torch.Tensor:
 
 
 def _unpatches(p: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    b, ft, hs, ws, _ = p.shape
-    x = p.reshape(b, ft, hs, ws, 3, t, s, s).permute(0, 4, 1, 5, 2, 6, 3, 7)
-    return x.reshape(b, 3, ft * t, hs * s, ws * s)
+    """Inverse of ``_patches``; the channel count is read from the patch size."""
+    b, ft, hs, ws, n = p.shape
+    c = n // (t * s * s)
+    x = p.reshape(b, ft, hs, ws, c, t, s, s).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return x.reshape(b, c, ft * t, hs * s, ws * s)
 
 
-class PCAStreamDecoder(StreamDecoder):
-    def __init__(self, vae: "PCAVideoVAE"):
+def _pca(p: torch.Tensor, z_dim: int, scale_power: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mean, top ``z_dim`` principal directions and per-channel latent scale of row vectors ``p [N, D]``, and
+    the explained variance. ``scale_c = std_c ** scale_power * k``, ``k`` giving the latents unit average variance."""
+    mean = p.mean(0)
+    cov = (p - mean).T @ (p - mean) / (p.shape[0] - 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    order = evals.argsort(descending=True)[:z_dim]
+    std = evals[order].clamp_min(1e-12).sqrt()
+    # latent std = std / scale = std ** (1 - p) / k
+    scale = std**scale_power * (std ** (1 - scale_power)).pow(2).mean().sqrt()
+    return mean, evecs[:, order].T, scale, (evals[order].sum() / evals.sum()).item()
+
+
+def _sample_rows(p: torch.Tensor, max_rows: int, g: torch.Generator) -> torch.Tensor:
+    return p[torch.randperm(p.shape[0], generator=g)[:max_rows]] if p.shape[0] > max_rows else p
+
+
+class GroupStreamDecoder(StreamDecoder):
+    """Streaming decode for a VAE whose latent frames decode independently (``vae._decode_group``): exact."""
+
+    def __init__(self, vae: "PCAVideoVAE | LayeredVAE"):
         self.vae, self.first = vae, True
 
     @torch.no_grad()
@@ -147,7 +208,7 @@ class PCAStreamDecoder(StreamDecoder):
         return torch.cat(outs, dim=2)
 
 
-class PCAVideoVAE(VideoVAE):
+class PCAVideoVAE(SavedVAE):
     """Linear space-time patch autoencoder: latents = (patch - mean) @ basis^T / scale.
 
     ``scale`` is per channel: ``std_c ** scale_power`` times one constant that gives the latents unit
@@ -200,7 +261,7 @@ class PCAVideoVAE(VideoVAE):
         return torch.cat(parts, dim=2)
 
     def stream_decoder(self) -> StreamDecoder:
-        return PCAStreamDecoder(self)
+        return GroupStreamDecoder(self)
 
     @torch.no_grad()
     def fit(self, clips: torch.Tensor, max_patches: int = 400_000, seed: int = 0) -> dict:
@@ -209,26 +270,16 @@ class PCAVideoVAE(VideoVAE):
         stats = {}
         for first in (True, False):
             vid = clips[:, :, :1] if first else clips[:, :, 1:]
-            p = _patches(vid.double(), 1 if first else self.temporal, self.spatial).reshape(-1, vid.shape[1] * (1 if first else self.temporal) * self.spatial**2)
-            if p.shape[0] > max_patches:
-                p = p[torch.randperm(p.shape[0], generator=g)[:max_patches]]
-            mean = p.mean(0)
-            cov = (p - mean).T @ (p - mean) / (p.shape[0] - 1)
-            evals, evecs = torch.linalg.eigh(cov)
-            order = evals.argsort(descending=True)[: self.z_dim]
-            basis = evecs[:, order].T
-            std = evals[order].clamp_min(1e-12).sqrt()
-            # latent std = std / scale = std ** (1 - p) / k; k gives the latents unit average variance
-            scale = std**self.scale_power * (std ** (1 - self.scale_power)).pow(2).mean().sqrt()
-            if first:
-                self.first_mean.copy_(mean), self.first_basis.copy_(basis), self.first_scale.copy_(scale)
-            else:
-                self.mean.copy_(mean), self.basis.copy_(basis), self.scale.copy_(scale)
-            stats["explained_first" if first else "explained"] = (evals[order].sum() / evals.sum()).item()
+            t = 1 if first else self.temporal
+            p = _sample_rows(_patches(vid.double(), t, self.spatial).flatten(0, 3), max_patches, g)
+            mean, basis, scale, explained = _pca(p, self.z_dim, self.scale_power)
+            for name, value in zip(("mean", "basis", "scale"), (mean, basis, scale)):
+                getattr(self, f"first_{name}" if first else name).copy_(value)
+            stats["explained_first" if first else "explained"] = explained
         return stats
 
-    # -- persistence -----------------------------------------------------------------------
-    config_type = "pca"  # config.json "type"
+    # -- persistence (``SavedVAE``) -----------------------------------------------------------
+    config_type = "pca"
 
     def _config(self) -> dict:
         return {"z_dim": self.z_dim, "scale_power": self.scale_power}
@@ -237,29 +288,11 @@ class PCAVideoVAE(VideoVAE):
     def _from_config(cls, cfg: dict) -> "PCAVideoVAE":
         return cls(cfg["z_dim"], cfg.get("scale_power", 1.0))
 
-    def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "vae.safetensors"))
-        (d / "config.json").write_text(json.dumps({"type": self.config_type, **self._config()}, indent=2))
-
     @classmethod
-    def load(cls, directory: str | Path) -> "PCAVideoVAE":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        cfg = json.loads((d / "config.json").read_text())
-        if cfg.get("type") != cls.config_type:
-            raise ValueError(f"{d}/config.json describes a {cfg.get('type')!r} VAE, not {cls.config_type!r}")
-        vae = cls._from_config(cfg)
-        state = load_file(str(d / "vae.safetensors"))
+    def _check_state(cls, state: dict, d: Path) -> None:
         if "first_scale" not in state or state["scale"].dim() != 1:
             raise ValueError(f"{d} holds a PCA VAE with one global latent scale (the old format); latents now have "
                              f"a per-channel scale: refit it with `python train/fit_vae.py --out {d}`")
-        vae.load_state_dict(state)
-        return vae.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,16 +374,144 @@ class RefinedPCAVAE(PCAVideoVAE):
         return cls(cfg["z_dim"], cfg["scale_power"], cfg["width"], cfg["depth"])
 
 
+# ---------------------------------------------------------------------------------------------
+# Layered (backdrop + one object) PCA autoencoder
+# ---------------------------------------------------------------------------------------------
+
+
+def frame_colours(video: torch.Tensor, t: int, threshold: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backdrop and object colour of each group of ``t`` frames of ``video [B, 3, F, H, W]`` (F divisible by t):
+    ``[B, 3, F/t]`` each. Backdrop: the per-channel median of the groups' border pixels (the detector's rule, a
+    flat backdrop covers most of the border). Object: the mean of the pixels further than ``threshold`` from the
+    backdrop (exact on renders, whose pixels are palette colours); the backdrop's colour where there are none."""
+    b, c, f, h, w = video.shape
+    g = video.reshape(b, c, f // t, t, h, w)
+    border = torch.cat([g[..., 0, :], g[..., -1, :], g[..., 1:-1, 0], g[..., 1:-1, -1]], dim=-1).flatten(3)
+    bg = border.median(dim=-1).values  # [B, 3, f]
+    far = ((g - bg[..., None, None, None]).norm(dim=1, keepdim=True) > threshold).float()  # [B, 1, f, t, H, W]
+    n = far.flatten(3).sum(-1)  # [B, 1, f]
+    fg = (g * far).flatten(3).sum(-1) / n.clamp_min(1)
+    return bg, torch.where(n > 0, fg, bg)
+
+
+def coverage(video: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, t: int) -> torch.Tensor:
+    """Per-pixel object coverage ``alpha [B, 1, F, H, W]`` in [0, 1] of ``video`` between each group's backdrop and
+    object colour ``[B, 3, F/t]``: the projection of ``pixel - bg`` on ``fg - bg`` (0 where the group has no object)."""
+    b, c, f, h, w = video.shape
+    d = (fg - bg)[:, :, :, None].expand(b, c, f // t, t).reshape(b, c, f, 1, 1)
+    x = video - bg[:, :, :, None].expand(b, c, f // t, t).reshape(b, c, f, 1, 1)
+    n2 = d.pow(2).sum(1, keepdim=True)
+    return torch.where(n2 > 1e-6, (x * d).sum(1, keepdim=True) / n2.clamp_min(1e-6), torch.zeros_like(n2)).clamp(0, 1)
+
+
+class LayeredVAE(SavedVAE):
+    """Toy-world autoencoder that keeps colour and outline in separate channels.
+
+    Latent channels: 3 backdrop colour, 3 object colour (constant fields per latent frame, scaled to std
+    ``colour_gain``), then ``z_dim - 6`` PCA components of the space-time patches of the object's coverage
+    ``alpha`` (``coverage``; scaled like ``PCAVideoVAE``). Decode: ``bg + (fg - bg) * clamp(alpha, 0, 1)``.
+
+    Why: in ``PCAVideoVAE`` latents an outline is a colour-difference x mask product spread over 61 detail
+    channels, so a DiT must emit it in the right colour mix; its errors decode to rainbow 8x8 mosaics (every
+    teacher since session 1). Here the outline is colour-free and any latent decodes to a blend of two
+    colours. It assumes frames of one backdrop and at most one object (the toy world without its two-object
+    extension); ``PCAVideoVAE`` has no such limit. Latent frames decode independently: streaming is exact.
+    """
+
+    colour_channels = 6
+
+    def __init__(self, z_dim: int = 64, scale_power: float = 0.5, colour_gain: float = 2.0):
+        super().__init__()
+        if z_dim <= self.colour_channels:
+            raise ValueError(f"LayeredVAE needs z_dim > {self.colour_channels} (6 colour channels + coverage), got {z_dim}")
+        self.z_dim, self.scale_power, self.colour_gain = z_dim, scale_power, colour_gain
+        k, s, t = z_dim - self.colour_channels, self.spatial, self.temporal
+        self.register_buffer("colour_mean", torch.zeros(3))
+        self.register_buffer("colour_std", torch.ones(3))
+        for prefix, n in (("first_", s * s), ("", t * s * s)):
+            self.register_buffer(prefix + "mean", torch.zeros(n))
+            self.register_buffer(prefix + "basis", torch.zeros(k, n))
+            self.register_buffer(prefix + "scale", torch.ones(k))
+
+    def _group(self, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if first:
+            return self.first_mean, self.first_basis, self.first_scale
+        return self.mean, self.basis, self.scale
+
+    def _colour_latent(self, colour: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``[B, 3, f]`` -> ``[B, 3, f, h, w]`` normalised constant fields."""
+        z = (colour - self.colour_mean[:, None]) / self.colour_std[:, None] * self.colour_gain
+        return z[..., None, None].expand(*z.shape, h, w)
+
+    def _encode_group(self, video: torch.Tensor, first: bool) -> torch.Tensor:
+        t = 1 if first else self.temporal
+        mean, basis, scale = self._group(first)
+        bg, fg = frame_colours(video, t)
+        alpha = coverage(video, bg, fg, t)
+        za = ((_patches(alpha, t, self.spatial) - mean) @ basis.T / scale).permute(0, 4, 1, 2, 3)
+        h, w = za.shape[-2:]
+        return torch.cat([self._colour_latent(bg, h, w), self._colour_latent(fg, h, w), za], dim=1)
+
+    def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
+        t = 1 if first else self.temporal
+        mean, basis, scale = self._group(first)
+        colours = latents[:, : self.colour_channels] / self.colour_gain
+        bg, fg = (colours[:, i : i + 3] * self.colour_std[:, None, None, None] + self.colour_mean[:, None, None, None] for i in (0, 3))
+        alpha = _unpatches((latents[:, self.colour_channels :].permute(0, 2, 3, 4, 1) * scale) @ basis + mean, t, self.spatial)
+        up = lambda c: c.repeat_interleave(t, 2).repeat_interleave(self.spatial, 3).repeat_interleave(self.spatial, 4)  # noqa: E731
+        bg, fg = up(bg), up(fg)
+        return bg + (fg - bg) * alpha.clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        latent_frames(video.shape[2], self.temporal)
+        parts = [self._encode_group(video[:, :, :1], first=True)]
+        if video.shape[2] > 1:
+            parts.append(self._encode_group(video[:, :, 1:], first=False))
+        return torch.cat(parts, dim=2)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return GroupStreamDecoder(self)
+
+    @torch.no_grad()
+    def fit(self, clips: torch.Tensor, max_patches: int = 400_000, seed: int = 0) -> dict:
+        """Fit the colour statistics and the coverage PCA on clips ``[N, 3, 1+4k, H, W]`` in [-1, 1]."""
+        g = torch.Generator().manual_seed(seed)
+        bg, fg = frame_colours(clips[:, :, :1], 1)
+        colours = torch.cat([bg, fg], dim=2).transpose(1, 2).reshape(-1, 3)
+        self.colour_mean.copy_(colours.mean(0)), self.colour_std.copy_(colours.std(0).clamp_min(1e-3))
+        stats = {}
+        for first in (True, False):
+            vid = clips[:, :, :1] if first else clips[:, :, 1:]
+            t = 1 if first else self.temporal
+            alpha = coverage(vid, *frame_colours(vid, t), t)
+            p = _sample_rows(_patches(alpha.double(), t, self.spatial).flatten(0, 3), max_patches, g)
+            mean, basis, scale, explained = _pca(p, self.z_dim - self.colour_channels, self.scale_power)
+            for name, value in zip(("mean", "basis", "scale"), (mean, basis, scale)):
+                getattr(self, f"first_{name}" if first else name).copy_(value)
+            stats["explained_first" if first else "explained"] = explained
+        return stats
+
+    config_type = "layered"
+
+    def _config(self) -> dict:
+        return {"z_dim": self.z_dim, "scale_power": self.scale_power, "colour_gain": self.colour_gain}
+
+    @classmethod
+    def _from_config(cls, cfg: dict) -> "LayeredVAE":
+        return cls(cfg["z_dim"], cfg["scale_power"], cfg["colour_gain"])
+
+
 def load_vae(path: str | Path) -> VideoVAE:
-    """A PCA VAE directory (``config.json`` type 'pca' or 'pca_refined') or a diffusers AutoencoderKLWan directory."""
+    """A VAE fitted here (``config.json`` type 'pca', 'pca_refined' or 'layered') or a diffusers AutoencoderKLWan directory."""
     d = Path(path)
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no VAE at {d}: expected a directory with config.json")
     cfg = json.loads(cfg_path.read_text())
-    for cls in (PCAVideoVAE, RefinedPCAVAE):
+    for cls in (PCAVideoVAE, RefinedPCAVAE, LayeredVAE):
         if cfg.get("type") == cls.config_type:
             return cls.load(d)
     if cfg.get("_class_name") == "AutoencoderKLWan":
         return WanVAE.from_pretrained(d)
-    raise ValueError(f"{cfg_path} is neither a PCA VAE ('pca', 'pca_refined') nor a diffusers AutoencoderKLWan config")
+    raise ValueError(f"{cfg_path} is neither a VAE fitted here ('pca', 'pca_refined', 'layered') nor a diffusers AutoencoderKLWan config")

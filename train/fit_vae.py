@@ -1,6 +1,9 @@
-"""Fit the embedded default VAE (PCA of space-time patches) on toy-world clips and evaluate it.
+"""Fit a toy-world VAE on toy-world clips and evaluate it.
 
-    python train/fit_vae.py --out assets/vae [--z-dim 64] [--clips 1500] [--eval-clips 200]
+    python train/fit_vae.py --out assets/vae [--kind pca|layered] [--z-dim 64] [--clips 1500] [--eval-clips 200]
+
+``pca`` (``PCAVideoVAE``): PCA of space-time pixel patches. ``layered`` (``LayeredVAE``): backdrop and object colour
+channels plus PCA of the object's coverage patches.
 
 Prints PSNR, detector accuracy on decoded clips next to ground truth, and encode / decode time
 per latent chunk; writes the weights and a model card (README.md) into --out.
@@ -20,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamgen.toyworld.evaluate import evaluate_clip, format_table  # noqa: E402
 from streamgen.toyworld.render import render_batch  # noqa: E402
 from streamgen.toyworld.world import sample_spec  # noqa: E402
-from streamgen.vae import PCAVideoVAE  # noqa: E402
+from streamgen.vae import LayeredVAE, PCAVideoVAE  # noqa: E402
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -40,6 +43,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/vae")
+    ap.add_argument("--kind", choices=("pca", "layered"), default="pca")
     ap.add_argument("--z-dim", type=int, default=64)
     ap.add_argument("--clips", type=int, default=1500)
     ap.add_argument("--frames", type=int, default=13)
@@ -48,12 +52,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale-power", type=float, default=0.5,
                     help="latent channel c is divided by std_c ** p (0: one global scale, 1: whitened)")
+    ap.add_argument("--colour-gain", type=float, default=2.0, help="layered: std of the colour channels")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     train = to_tensor(render_batch([sample_spec(rng, "train") for _ in range(args.clips)], args.frames))
-    vae = PCAVideoVAE(args.z_dim, args.scale_power)
+    vae = (PCAVideoVAE(args.z_dim, args.scale_power) if args.kind == "pca"
+           else LayeredVAE(args.z_dim, args.scale_power, args.colour_gain))
     stats = vae.fit(train)
     fit_s = time.time() - t0
     del train
@@ -76,7 +82,7 @@ def main() -> None:
         keys = ["colour", "shape", "background", "motion", "presence", "speed_ratio"]
         return {"frames": name, **{k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in rows])) for k in keys}}
 
-    table = format_table([mean_row(rows_gt, "ground truth"), mean_row(rows_dec, f"PCA VAE z={args.z_dim}")])
+    table = format_table([mean_row(rows_gt, "ground truth"), mean_row(rows_dec, f"{args.kind} VAE z={args.z_dim}")])
     summary = (
         f"PSNR {statistics.mean(psnrs):.2f} dB (median {statistics.median(psnrs):.2f}); explained variance "
         f"{stats['explained']:.4f} (first frame {stats['explained_first']:.4f}); fit {fit_s:.0f} s on {args.clips} clips; "
@@ -87,14 +93,23 @@ def main() -> None:
     print(summary)
     vae.save(args.out)
     cmd = "python train/fit_vae.py " + " ".join(sys.argv[1:])
+    what = {
+        "pca": f"# Embedded default VAE: PCA space-time patch autoencoder\n\n"
+               f"Linear autoencoder with the Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames):\n"
+               f"each 4x8x8x3 pixel patch (the first frame: 1x8x8x3) is projected on its top {args.z_dim} principal\n"
+               f"directions. Latent channel c is divided by std_c ** {args.scale_power} (std_c: the component's standard\n"
+               f"deviation; 0 = one global scale, 1 = whitened like the Wan VAE's latents_std), then all by one constant\n"
+               f"for unit average variance (see PCAVideoVAE).",
+        "layered": f"# Layered toy-world VAE: colour channels + object-coverage PCA\n\n"
+                   f"The Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames). Channels 0-2: the backdrop\n"
+                   f"colour, 3-5: the object colour (constant per latent frame, std {args.colour_gain}); channels 6-{args.z_dim - 1}:\n"
+                   f"the top {args.z_dim - 6} principal directions of the object's 4x8x8 coverage patches (the first frame: 1x8x8),\n"
+                   f"scaled by std_c ** {args.scale_power}. Decode: backdrop + (object - backdrop) * coverage. Assumes one backdrop\n"
+                   f"and at most one object per frame (see LayeredVAE).",
+    }[args.kind]
     (Path(args.out) / "README.md").write_text(
-        f"# Embedded default VAE: PCA space-time patch autoencoder\n\n"
-        f"Linear autoencoder with the Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames):\n"
-        f"each 4x8x8x3 pixel patch (the first frame: 1x8x8x3) is projected on its top {args.z_dim} principal\n"
-        f"directions, fitted in closed form on {args.clips} toy-world training clips of {args.frames} frames.\n"
-        f"Latent channel c is divided by std_c ** {args.scale_power} (std_c: the component's standard deviation;\n"
-        f"0 = one global scale, 1 = whitened like the Wan VAE's latents_std), then all by one constant for unit\n"
-        f"average variance (see PCAVideoVAE). Decoding a latent frame needs no other frame, so streaming decode is exact.\n\n"
+        f"{what}\nFitted in closed form on {args.clips} toy-world training clips of {args.frames} frames. Decoding a\n"
+        f"latent frame needs no other frame, so streaming decode is exact.\n\n"
         f"Made by: `{cmd}`\n\n## Evaluation on {args.eval_clips} random clips of {args.eval_frames} frames\n\n"
         f"Detector accuracy (streamgen.toyworld) on ground truth vs on decoded clips:\n\n```\n{table}\n```\n\n{summary}\n"
     )
