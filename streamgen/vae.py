@@ -208,7 +208,43 @@ class GroupStreamDecoder(StreamDecoder):
         return torch.cat(outs, dim=2)
 
 
-class PCAVideoVAE(SavedVAE):
+class GroupedVAE(SavedVAE):
+    """A VAE whose latent groups (the first pixel frame, then each ``temporal`` frames) encode and decode
+    independently through a PCA of ``spatial``-pixel patches (buffers ``[first_]mean``, ``basis``, ``scale``);
+    subclasses say what is patched (``_encode_group``, ``_decode_group``)."""
+
+    def _group(self, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if first:
+            return self.first_mean, self.first_basis, self.first_scale
+        return self.mean, self.basis, self.scale
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        latent_frames(video.shape[2], self.temporal)
+        parts = [self._encode_group(video[:, :, :1], first=True)]
+        if video.shape[2] > 1:
+            parts.append(self._encode_group(video[:, :, 1:], first=False))
+        return torch.cat(parts, dim=2)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return GroupStreamDecoder(self)
+
+    def _fit_groups(self, clips: torch.Tensor, field, k: int, max_patches: int, seed: int) -> dict:
+        """Fit each group's PCA (``k`` components) on the patches of ``field(video, t)`` of ``clips``."""
+        g = torch.Generator().manual_seed(seed)
+        stats = {}
+        for first in (True, False):
+            vid = clips[:, :, :1] if first else clips[:, :, 1:]
+            t = 1 if first else self.temporal
+            p = _sample_rows(_patches(field(vid, t).double(), t, self.spatial).flatten(0, 3), max_patches, g)
+            mean, basis, scale, explained = _pca(p, k, self.scale_power)
+            for name, value in zip(("mean", "basis", "scale"), (mean, basis, scale)):
+                getattr(self, f"first_{name}" if first else name).copy_(value)
+            stats["explained_first" if first else "explained"] = explained
+        return stats
+
+
+class PCAVideoVAE(GroupedVAE):
     """Linear space-time patch autoencoder: latents = (patch - mean) @ basis^T / scale.
 
     ``scale`` is per channel: ``std_c ** scale_power`` times one constant that gives the latents unit
@@ -233,11 +269,6 @@ class PCAVideoVAE(SavedVAE):
         self.register_buffer("first_scale", torch.ones(z_dim))
         self.register_buffer("scale", torch.ones(z_dim))
 
-    def _group(self, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if first:
-            return self.first_mean, self.first_basis, self.first_scale
-        return self.mean, self.basis, self.scale
-
     def _encode_group(self, video: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
         mean, basis, scale = self._group(first)
@@ -253,30 +284,9 @@ class PCAVideoVAE(SavedVAE):
         return _unpatches(self._decode_patches(latents, first), 1 if first else self.temporal, self.spatial)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        latent_frames(video.shape[2], self.temporal)
-        parts = [self._encode_group(video[:, :, :1], first=True)]
-        if video.shape[2] > 1:
-            parts.append(self._encode_group(video[:, :, 1:], first=False))
-        return torch.cat(parts, dim=2)
-
-    def stream_decoder(self) -> StreamDecoder:
-        return GroupStreamDecoder(self)
-
-    @torch.no_grad()
     def fit(self, clips: torch.Tensor, max_patches: int = 400_000, seed: int = 0) -> dict:
         """Fit means and principal directions on clips ``[N, 3, 1+4k, H, W]`` in [-1, 1]; returns stats."""
-        g = torch.Generator().manual_seed(seed)
-        stats = {}
-        for first in (True, False):
-            vid = clips[:, :, :1] if first else clips[:, :, 1:]
-            t = 1 if first else self.temporal
-            p = _sample_rows(_patches(vid.double(), t, self.spatial).flatten(0, 3), max_patches, g)
-            mean, basis, scale, explained = _pca(p, self.z_dim, self.scale_power)
-            for name, value in zip(("mean", "basis", "scale"), (mean, basis, scale)):
-                getattr(self, f"first_{name}" if first else name).copy_(value)
-            stats["explained_first" if first else "explained"] = explained
-        return stats
+        return self._fit_groups(clips, lambda vid, t: vid, self.z_dim, max_patches, seed)
 
     # -- persistence (``SavedVAE``) -----------------------------------------------------------
     config_type = "pca"
@@ -404,7 +414,7 @@ def coverage(video: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, t: int) ->
     return torch.where(n2 > 1e-6, (x * d).sum(1, keepdim=True) / n2.clamp_min(1e-6), torch.zeros_like(n2)).clamp(0, 1)
 
 
-class LayeredVAE(SavedVAE):
+class LayeredVAE(GroupedVAE):
     """Toy-world autoencoder that keeps colour and outline in separate channels.
 
     Latent channels: 3 backdrop colour, 3 object colour (constant fields per latent frame, scaled to std
@@ -433,11 +443,6 @@ class LayeredVAE(SavedVAE):
             self.register_buffer(prefix + "basis", torch.zeros(k, n))
             self.register_buffer(prefix + "scale", torch.ones(k))
 
-    def _group(self, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if first:
-            return self.first_mean, self.first_basis, self.first_scale
-        return self.mean, self.basis, self.scale
-
     def _colour_latent(self, colour: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``[B, 3, f]`` -> ``[B, 3, f, h, w]`` normalised constant fields."""
         z = (colour - self.colour_mean[:, None]) / self.colour_std[:, None] * self.colour_gain
@@ -463,34 +468,13 @@ class LayeredVAE(SavedVAE):
         return bg + (fg - bg) * alpha.clamp(0, 1)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        latent_frames(video.shape[2], self.temporal)
-        parts = [self._encode_group(video[:, :, :1], first=True)]
-        if video.shape[2] > 1:
-            parts.append(self._encode_group(video[:, :, 1:], first=False))
-        return torch.cat(parts, dim=2)
-
-    def stream_decoder(self) -> StreamDecoder:
-        return GroupStreamDecoder(self)
-
-    @torch.no_grad()
     def fit(self, clips: torch.Tensor, max_patches: int = 400_000, seed: int = 0) -> dict:
         """Fit the colour statistics and the coverage PCA on clips ``[N, 3, 1+4k, H, W]`` in [-1, 1]."""
-        g = torch.Generator().manual_seed(seed)
         bg, fg = frame_colours(clips[:, :, :1], 1)
         colours = torch.cat([bg, fg], dim=2).transpose(1, 2).reshape(-1, 3)
         self.colour_mean.copy_(colours.mean(0)), self.colour_std.copy_(colours.std(0).clamp_min(1e-3))
-        stats = {}
-        for first in (True, False):
-            vid = clips[:, :, :1] if first else clips[:, :, 1:]
-            t = 1 if first else self.temporal
-            alpha = coverage(vid, *frame_colours(vid, t), t)
-            p = _sample_rows(_patches(alpha.double(), t, self.spatial).flatten(0, 3), max_patches, g)
-            mean, basis, scale, explained = _pca(p, self.z_dim - self.colour_channels, self.scale_power)
-            for name, value in zip(("mean", "basis", "scale"), (mean, basis, scale)):
-                getattr(self, f"first_{name}" if first else name).copy_(value)
-            stats["explained_first" if first else "explained"] = explained
-        return stats
+        return self._fit_groups(clips, lambda vid, t: coverage(vid, *frame_colours(vid, t), t),
+                                self.z_dim - self.colour_channels, max_patches, seed)
 
     config_type = "layered"
 
