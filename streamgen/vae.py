@@ -192,7 +192,7 @@ def _sample_rows(p: torch.Tensor, max_rows: int, g: torch.Generator) -> torch.Te
 class GroupStreamDecoder(StreamDecoder):
     """Streaming decode for a VAE whose latent frames decode independently (``vae._decode_group``): exact."""
 
-    def __init__(self, vae: "PCAVideoVAE | LayeredVAE"):
+    def __init__(self, vae: "GroupedVAE"):
         self.vae, self.first = vae, True
 
     @torch.no_grad()
@@ -433,7 +433,7 @@ class LayeredVAE(GroupedVAE):
     def __init__(self, z_dim: int = 64, scale_power: float = 0.5, colour_gain: float = 2.0):
         super().__init__()
         if z_dim <= self.colour_channels:
-            raise ValueError(f"LayeredVAE needs z_dim > {self.colour_channels} (6 colour channels + coverage), got {z_dim}")
+            raise ValueError(f"LayeredVAE needs z_dim > {self.colour_channels} (colour channels + coverage), got {z_dim}")
         self.z_dim, self.scale_power, self.colour_gain = z_dim, scale_power, colour_gain
         k, s, t = z_dim - self.colour_channels, self.spatial, self.temporal
         self.register_buffer("colour_mean", torch.zeros(3))
@@ -448,6 +448,11 @@ class LayeredVAE(GroupedVAE):
         z = (colour - self.colour_mean[:, None]) / self.colour_std[:, None] * self.colour_gain
         return z[..., None, None].expand(*z.shape, h, w)
 
+    def _colour_field(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``_colour_latent`` per position: ``[B, 3, f, h, w]`` latents -> colours."""
+        std, mean = self.colour_std[:, None, None, None], self.colour_mean[:, None, None, None]
+        return z / self.colour_gain * std + mean
+
     def _encode_group(self, video: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
         mean, basis, scale = self._group(first)
@@ -460,8 +465,7 @@ class LayeredVAE(GroupedVAE):
     def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
         mean, basis, scale = self._group(first)
-        colours = latents[:, : self.colour_channels] / self.colour_gain
-        bg, fg = (colours[:, i : i + 3] * self.colour_std[:, None, None, None] + self.colour_mean[:, None, None, None] for i in (0, 3))
+        bg, fg = (self._colour_field(latents[:, i : i + 3]) for i in (0, 3))
         alpha = _unpatches((latents[:, self.colour_channels :].permute(0, 2, 3, 4, 1) * scale) @ basis + mean, t, self.spatial)
         up = lambda c: c.repeat_interleave(t, 2).repeat_interleave(self.spatial, 3).repeat_interleave(self.spatial, 4)  # noqa: E731
         bg, fg = up(bg), up(fg)

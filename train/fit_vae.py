@@ -20,15 +20,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from streamgen.data import frames_to_tensor as to_tensor  # noqa: E402
 from streamgen.toyworld.evaluate import evaluate_clip, format_table  # noqa: E402
 from streamgen.toyworld.render import render_batch  # noqa: E402
 from streamgen.toyworld.world import sample_spec  # noqa: E402
 from streamgen.vae import LayeredVAE, PCAVideoVAE  # noqa: E402
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [N, F, H, W, 3] -> float [N, 3, F, H, W] in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
