@@ -13,6 +13,8 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+VAE_SPATIAL = 8  # pixels per latent position in each direction (the Wan VAE's compression, and ours)
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says which and how to fix it."""
@@ -186,8 +188,9 @@ class VideoConfig:
     fps: int = 16
 
     def validate(self) -> None:
-        if self.height % 16 or self.width % 16:
-            raise ConfigError(f"video height/width must be multiples of 16 (VAE 8x, patch 2), got {self.height}x{self.width}")
+        if self.height % VAE_SPATIAL or self.width % VAE_SPATIAL:
+            raise ConfigError(f"video height/width must be multiples of the VAE's {VAE_SPATIAL}x compression, "
+                              f"got {self.height}x{self.width}")
 
 
 @dataclass
@@ -206,6 +209,10 @@ class StreamGenConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        ph, pw = (VAE_SPATIAL * p for p in self.model.patch_size[1:])
+        if self.video.height % ph or self.video.width % pw:
+            raise ConfigError(f"video {self.video.height}x{self.video.width} does not tile into tokens of {ph}x{pw} pixels "
+                              f"(VAE {VAE_SPATIAL}x, model.patch_size {list(self.model.patch_size)}): pick a size that divides")
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from streamgen.config import VAE_SPATIAL
+
 
 def latent_frames(pixel_frames: int, temporal: int = 4) -> int:
     if pixel_frames < 1 or (pixel_frames - 1) % temporal:
@@ -39,7 +41,7 @@ class StreamDecoder:
 
 class VideoVAE(nn.Module):
     z_dim: int
-    spatial = 8
+    spatial = VAE_SPATIAL
     temporal = 4
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface

@@ -33,6 +33,15 @@ def test_invalid_value_is_an_error():
         load_config([], ["model.num_layers=abc"])
 
 
+def test_video_size_must_tile_into_tokens():
+    with pytest.raises(ConfigError, match="VAE's 8x"):
+        load_config(["configs/tiny.yaml"], ["video.height=100"])
+    # 136 = 17 latent positions: fine for patch 1, not for patch 2
+    with pytest.raises(ConfigError, match="tokens of 16x16"):
+        load_config(["configs/tiny.yaml"], ["video.height=136", "video.width=136"])
+    assert load_config(["configs/tiny.yaml"], ["video.height=136", "video.width=136", "model.patch_size=[1,1,1]"]).video.height == 136
+
+
 def test_image_every_must_be_off_or_a_period():
     from streamgen.config import TeacherRunConfig
 
