@@ -467,10 +467,12 @@ class LayeredVAE(GroupedVAE):
     def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
         mean, basis, scale = self._group(first)
-        bg, fg = (self._colour_field(latents[:, i : i + 3]) for i in (0, 3))
+        # Colours are one per frame: read each channel as its frame mean (exact on encoded latents, whose colour
+        # channels are constant fields), so a generator's per-position colour errors average out instead of
+        # decoding to a patchwork of colours.
+        bg, fg = (self._colour_field(latents[:, i : i + 3].mean(dim=(3, 4), keepdim=True)) for i in (0, 3))
         alpha = _unpatches((latents[:, self.colour_channels :].permute(0, 2, 3, 4, 1) * scale) @ basis + mean, t, self.spatial)
-        up = lambda c: c.repeat_interleave(t, 2).repeat_interleave(self.spatial, 3).repeat_interleave(self.spatial, 4)  # noqa: E731
-        bg, fg = up(bg), up(fg)
+        bg, fg = bg.repeat_interleave(t, 2), fg.repeat_interleave(t, 2)  # [B, 3, F, 1, 1], broadcast over pixels
         return bg + (fg - bg) * alpha.clamp(0, 1)
 
     @torch.no_grad()
