@@ -100,8 +100,8 @@ def main() -> None:
                    f"The Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames). Channels 0-2: the backdrop\n"
                    f"colour, 3-5: the object colour (constant per latent frame, std {args.colour_gain}); channels 6-{args.z_dim - 1}:\n"
                    f"the top {args.z_dim - 6} principal directions of the object's 4x8x8 coverage patches (the first frame: 1x8x8),\n"
-                   f"scaled by std_c ** {args.scale_power}. Decode: backdrop + (object - backdrop) * coverage. Assumes one backdrop\n"
-                   f"and at most one object per frame (see LayeredVAE).",
+                   f"scaled by std_c ** {args.scale_power}. Decode: backdrop + (object - backdrop) * coverage, each colour read\n"
+                   f"as its channels' frame mean. Assumes one backdrop and at most one object per frame (see LayeredVAE).",
     }[args.kind]
     (Path(args.out) / "README.md").write_text(
         f"{what}\nFitted in closed form on {args.clips} toy-world training clips of {args.frames} frames. Decoding a\n"
