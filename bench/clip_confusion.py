@@ -8,6 +8,7 @@ Per clip: the prompted shape and motion, the clip's majority detected shape, the
 motion window(s) and its presence rate. Then confusion tables (prompted row, detected column) over all
 clips and, separately, over the clips whose presence is at least ``--presence``: motion can only be read
 off a track, so a clip whose object comes and goes scores as a wrong motion whatever it was drawn doing.
+For clips, presence and shape of the first frame (its own latent frame) and of the later frames apart.
 """
 from __future__ import annotations
 
@@ -70,7 +71,10 @@ def main(argv=None) -> None:
         kept = [r for r in rows if r["presence"] >= args.presence]
         if kept:
             print(f"\npresence >= {args.presence} ({len(kept)} clips)\n" + confusion(kept, key, names))
-
+    if data["frames"].shape[1] > 1:  # the first frame is its own latent frame; the rest come in 4-frame groups
+        for name, part in (("first frame", data["frames"][:, :1]), ("later frames", data["frames"][:, 1:])):
+            acc = [evaluate_clip(clip, str(c)).accuracy for clip, c in zip(part, data["captions"])]
+            print(f"{name}: presence {np.mean([a.presence for a in acc]):.3f}, shape {np.mean([a.shape for a in acc]):.3f}")
 
 if __name__ == "__main__":
     main()
