@@ -76,5 +76,6 @@ def main(argv=None) -> None:
             acc = [evaluate_clip(clip, str(c)).accuracy for clip, c in zip(part, data["captions"])]
             print(f"{name}: presence {np.mean([a.presence for a in acc]):.3f}, shape {np.mean([a.shape for a in acc]):.3f}")
 
+
 if __name__ == "__main__":
     main()
