@@ -1,9 +1,11 @@
 """Fit a toy-world VAE on toy-world clips and evaluate it.
 
-    python train/fit_vae.py --out assets/vae [--kind pca|layered] [--z-dim 64] [--clips 1500] [--eval-clips 200]
+    python train/fit_vae.py --out assets/vae [--kind pca|layered|tracked] [--z-dim 64] [--clips 1500] [--eval-clips 200]
 
 ``pca`` (``PCAVideoVAE``): PCA of space-time pixel patches. ``layered`` (``LayeredVAE``): backdrop and object colour
-channels plus PCA of the object's coverage patches.
+channels plus PCA of the object's coverage patches. ``tracked`` (``TrackedLayeredVAE``): the same colours, the
+coverage of one frame per latent frame and the object's track through each 4-frame group (``--like DIR``: reuse a
+fitted layered VAE's colour statistics and coverage basis, so a teacher trained on it can warm-start).
 
 Prints PSNR, detector accuracy on decoded clips next to ground truth, and encode / decode time
 per latent chunk; writes the weights and a model card (README.md) into --out.
@@ -24,7 +26,7 @@ from streamgen.data import frames_to_tensor as to_tensor  # noqa: E402
 from streamgen.toyworld.evaluate import evaluate_clip, format_table  # noqa: E402
 from streamgen.toyworld.render import render_batch  # noqa: E402
 from streamgen.toyworld.world import sample_spec  # noqa: E402
-from streamgen.vae import LayeredVAE, PCAVideoVAE  # noqa: E402
+from streamgen.vae import LayeredVAE, PCAVideoVAE, TrackedLayeredVAE, load_vae  # noqa: E402
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -39,7 +41,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/vae")
-    ap.add_argument("--kind", choices=("pca", "layered"), default="pca")
+    ap.add_argument("--kind", choices=("pca", "layered", "tracked"), default="pca")
     ap.add_argument("--z-dim", type=int, default=64)
     ap.add_argument("--clips", type=int, default=1500)
     ap.add_argument("--frames", type=int, default=13)
@@ -48,15 +50,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale-power", type=float, default=0.5,
                     help="latent channel c is divided by std_c ** p (0: one global scale, 1: whitened)")
-    ap.add_argument("--colour-gain", type=float, default=2.0, help="layered: std of the colour channels")
+    ap.add_argument("--colour-gain", type=float, default=2.0, help="layered, tracked: std of the colour and track channels")
+    ap.add_argument("--like", default=None, help="tracked: a fitted layered VAE whose colour statistics and basis to keep")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     train = to_tensor(render_batch([sample_spec(rng, "train") for _ in range(args.clips)], args.frames))
-    vae = (PCAVideoVAE(args.z_dim, args.scale_power) if args.kind == "pca"
-           else LayeredVAE(args.z_dim, args.scale_power, args.colour_gain))
-    stats = vae.fit(train)
+    kinds = {"pca": lambda: PCAVideoVAE(args.z_dim, args.scale_power),
+             "layered": lambda: LayeredVAE(args.z_dim, args.scale_power, args.colour_gain),
+             "tracked": lambda: TrackedLayeredVAE(args.z_dim, args.scale_power, args.colour_gain)}
+    vae = kinds[args.kind]()
+    if args.like and args.kind != "tracked":
+        ap.error("--like applies to --kind tracked only")
+    stats = vae.fit(train, like=load_vae(args.like)) if args.like else vae.fit(train)
     fit_s = time.time() - t0
     del train
 
@@ -102,6 +109,15 @@ def main() -> None:
                    f"the top {args.z_dim - 6} principal directions of the object's 4x8x8 coverage patches (the first frame: 1x8x8),\n"
                    f"scaled by std_c ** {args.scale_power}. Decode: backdrop + (object - backdrop) * coverage, each colour read\n"
                    f"as its channels' frame mean. Assumes one backdrop and at most one object per frame (see LayeredVAE).",
+        "tracked": f"# Tracked layered toy-world VAE: colour channels, one coverage frame and a track per latent frame\n\n"
+                   f"The Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames). Channels 0-2: the backdrop\n"
+                   f"colour, 3-5: the object colour; channels 6-{args.z_dim - 4}: the top {args.z_dim - 9} principal directions of\n"
+                   f"the object's 8x8 coverage patches of one frame (the first frame; in each later 4-frame group its last\n"
+                   f"frame); channels {args.z_dim - 3}-{args.z_dim - 1}: the object's track through the group (centroid velocity x, y\n"
+                   f"and size rate; zero in the first latent frame). Colour and track channels are constant fields of std\n"
+                   f"{args.colour_gain}. Decode: the coverage moved back along the track for the group's earlier frames, then\n"
+                   f"backdrop + (object - backdrop) * coverage (see TrackedLayeredVAE)."
+                   + (f" Colour statistics and coverage basis taken from `{args.like}`." if args.like else ""),
     }[args.kind]
     (Path(args.out) / "README.md").write_text(
         f"{what}\nFitted in closed form on {args.clips} toy-world training clips of {args.frames} frames. Decoding a\n"
