@@ -9,6 +9,9 @@ map to ``1 + k`` latent frames (the first latent frame holds one pixel frame). P
   attributes, pinned by a test).
 * ``PCAVideoVAE`` is the embedded default: a linear autoencoder of space-time patches fitted in
   closed form (PCA) on toy-world clips. Each latent frame decodes on its own, so streaming is exact.
+* ``LayeredVAE`` (toy world): backdrop and object colour channels plus a PCA of the object's coverage.
+  ``TrackedLayeredVAE``: the same colours, one still coverage frame per latent frame and the object's
+  track through each 4-frame group. Both decode latent frames independently (exact streaming).
 """
 from __future__ import annotations
 
