@@ -113,8 +113,8 @@ def main() -> None:
                    f"The Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames). Channels 0-2: the backdrop\n"
                    f"colour, 3-5: the object colour; channels 6-{args.z_dim - 4}: the top {args.z_dim - 9} principal directions of\n"
                    f"the object's 8x8 coverage patches of one frame (the first frame; in each later 4-frame group its last\n"
-                   f"frame); channels {args.z_dim - 3}-{args.z_dim - 1}: the object's track through the group (centroid velocity x, y\n"
-                   f"and size rate; zero in the first latent frame). Colour and track channels are constant fields of std\n"
+                   f"frame); channels {args.z_dim - 3}-{args.z_dim - 1}: the object's track through the group (velocity x, y of its box, bounces\n"
+                   f"replayed, and size rate; zero in the first latent frame). Colour and track channels are constant fields of std\n"
                    f"{args.colour_gain}. Decode: the coverage moved back along the track for the group's earlier frames, then\n"
                    f"backdrop + (object - backdrop) * coverage (see TrackedLayeredVAE)."
                    + (f" Colour statistics and coverage basis taken from `{args.like}`." if args.like else ""),
