@@ -15,8 +15,8 @@ from .config import SWAPPABLE
 from .sampler import foreground_mask
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.render import Track, render_batch, render_track, simulate
-from .toyworld.world import (CANVAS, MOTIONS, SHAPES, STATIC_MOTIONS, TRAIN_COMBOS, ClipSpec, centre_bounds, max_size,
-                             sample_spec)
+from .toyworld.world import (AXIS_MOTIONS, CANVAS, MOTIONS, SHAPES, STATIC_MOTIONS, TRAIN_COMBOS, ClipSpec, centre_bounds,
+                             max_size, sample_spec)
 from .vae import VideoVAE, pixel_frames
 
 
@@ -37,11 +37,35 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
+def phase_spec(spec: ClipSpec, start: int, split: str = "train") -> tuple[ClipSpec, int]:
+    """``(spec, start)``: frames ``start ..`` of ``spec``'s clip, as an equivalent ``(spec', 0)`` whose caption
+    names the heading the object has at that frame (the same pixels: position and heading carried over).
+
+    Why: after a bounce, "moving right" moves left. A clip cut at a random phase and captioned with the nominal
+    motion teaches that "moving right" and "moving left" both go either way (every teacher until session 16
+    drew the direction at random: right and left gave the same velocities), while the spec (and the eval,
+    which generates from frame 0) reads "moving right" as "moving right until the border, then back". Axis
+    motions only (the others' captions do not depend on the heading); a relabelling that would make a
+    held-out combination falls back to ``(spec, 0)``."""
+    if spec.motion not in AXIS_MOTIONS or start == 0:
+        return spec, start
+    track, _ = simulate(spec, 1, start)
+    nx, ny = AXIS_MOTIONS[spec.motion]
+    heading = (int(track.hx[0]) if nx else 0, int(track.hy[0]) if ny else 0)  # hx, hy: absolute signs
+    motion = next(m for m, h in AXIS_MOTIONS.items() if h == heading)
+    if split == "train" and (spec.shape, spec.colour, motion) not in TRAIN_COMBOS:
+        return spec, 0
+    x_lo, x_hi, y_lo, y_hi = centre_bounds(spec.shape, max_size(motion, spec.size))
+    x, y = float(np.clip(track.x[0], x_lo, x_hi)), float(np.clip(track.y[0], y_lo, y_hi))
+    return replace(spec, motion=motion, x=x, y=y), 0
+
+
 def toy_batch(vae: VideoVAE, batch_size: int, latent_frames: int, seed: int, step: int, rank: int = 0,
               caption_dropout: float = 0.0, paraphrase_prob: float = 0.5, split: str = "train") -> ToyBatch:
     rng = batch_rng(seed, step, rank)
     specs = [sample_spec(rng, split) for _ in range(batch_size)]
     start = [int(rng.integers(0, 64)) for _ in specs]  # random phase of the motion
+    specs, start = map(list, zip(*(phase_spec(s, f0, split) for s, f0 in zip(specs, start))))
     n = pixel_frames(latent_frames, vae.temporal)
     frames = np.stack([render_batch([s], n, start_frame=f0)[0] for s, f0 in zip(specs, start)])
     captions = []
