@@ -21,14 +21,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import load_teacher, table  # noqa: E402
+from bench.common import load_teacher_parts, table  # noqa: E402
 from streamgen.config import TeacherRunConfig, load_config  # noqa: E402
 from streamgen.rollout import sample_full  # noqa: E402
 from streamgen.sampler import teacher_sigmas  # noqa: E402
-from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.toyworld.detector import detect_frames  # noqa: E402
 from streamgen.toyworld.world import AXIS_MOTIONS  # noqa: E402
-from streamgen.vae import load_vae  # noqa: E402
 from streamgen.video import to_uint8  # noqa: E402
 
 LOOKS = [("red", "circle", "black"), ("blue", "square", "white"), ("yellow", "triangle", "blue"), ("green", "star", "gray")]
@@ -55,9 +53,7 @@ def main(argv=None) -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config([args.config], args.overrides, schema=TeacherRunConfig)
-    vae = load_vae(cfg.vae_path)
-    text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
-    model = load_teacher(cfg, args.teacher)
+    model, vae, text = load_teacher_parts(cfg, args.teacher)
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     sig = teacher_sigmas(args.steps, cfg.train.timestep_shift)
     uncond = model.encode_context(text.encode([""]))
