@@ -462,6 +462,16 @@ class LayeredVAE(GroupedVAE):
         colour errors average out instead of decoding to a patchwork of colours."""
         return tuple(self._colour_field(latents[:, i : i + 3].mean(dim=(3, 4), keepdim=True)) for i in (0, 3))
 
+    def _coverage_latent(self, alpha: torch.Tensor, t: int, first: bool) -> torch.Tensor:
+        """Coverage ``[B, 1, F, H, W]`` -> its PCA latents ``[B, k, F/t, h, w]`` (the group's basis)."""
+        mean, basis, scale = self._group(first)
+        return ((_patches(alpha, t, self.spatial) - mean) @ basis.T / scale).permute(0, 4, 1, 2, 3)
+
+    def _coverage(self, z: torch.Tensor, t: int, first: bool) -> torch.Tensor:
+        """Inverse of ``_coverage_latent`` (not clamped): ``[B, k, f, h, w]`` -> ``[B, 1, f*t, H, W]``."""
+        mean, basis, scale = self._group(first)
+        return _unpatches((z.permute(0, 2, 3, 4, 1) * scale) @ basis + mean, t, self.spatial)
+
     def _fit_colours(self, clips: torch.Tensor) -> None:
         bg, fg, _ = frame_layers(clips[:, :, :1], 1)
         colours = torch.cat([bg, fg], dim=2).transpose(1, 2).reshape(-1, 3)
@@ -469,17 +479,15 @@ class LayeredVAE(GroupedVAE):
 
     def _encode_group(self, video: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
-        mean, basis, scale = self._group(first)
         bg, fg, alpha = frame_layers(video, t)
-        za = ((_patches(alpha, t, self.spatial) - mean) @ basis.T / scale).permute(0, 4, 1, 2, 3)
+        za = self._coverage_latent(alpha, t, first)
         h, w = za.shape[-2:]
         return torch.cat([self._colour_latent(bg, h, w), self._colour_latent(fg, h, w), za], dim=1)
 
     def _decode_group(self, latents: torch.Tensor, first: bool) -> torch.Tensor:
         t = 1 if first else self.temporal
-        mean, basis, scale = self._group(first)
         bg, fg = self._colours(latents)
-        alpha = _unpatches((latents[:, self.colour_channels :].permute(0, 2, 3, 4, 1) * scale) @ basis + mean, t, self.spatial)
+        alpha = self._coverage(latents[:, self.colour_channels :], t, first)
         bg, fg = bg.repeat_interleave(t, 2), fg.repeat_interleave(t, 2)  # [B, 3, F, 1, 1], broadcast over pixels
         return bg + (fg - bg) * alpha.clamp(0, 1)
 
@@ -618,8 +626,8 @@ class TrackedLayeredVAE(LayeredVAE):
         bg, fg, alpha = frame_layers(video, t)
         b, _, f, hp, wp = alpha.shape
         groups = alpha.reshape(b, f // t, t, hp, wp)
-        track = torch.zeros(b, f // t, self.track_channels) if first else coverage_track(groups)
-        za = ((_patches(groups[:, None, :, -1], 1, self.spatial) - self.mean) @ self.basis.T / self.scale).permute(0, 4, 1, 2, 3)
+        track = video.new_zeros(b, f // t, self.track_channels) if first else coverage_track(groups)
+        za = self._coverage_latent(groups[:, None, :, -1], 1, first)
         h, w = za.shape[-2:]
         zt = ((track - self.track_mean) / self.track_std * self.colour_gain).transpose(1, 2)[..., None, None]
         return torch.cat([self._colour_latent(bg, h, w), self._colour_latent(fg, h, w), za, zt.expand(-1, -1, -1, h, w)], 1)
@@ -628,8 +636,7 @@ class TrackedLayeredVAE(LayeredVAE):
         t = 1 if first else self.temporal
         bg, fg = self._colours(latents)
         k = self.basis.shape[0]
-        za = latents[:, self.colour_channels : self.colour_channels + k]
-        last = _unpatches((za.permute(0, 2, 3, 4, 1) * self.scale) @ self.basis + self.mean, 1, self.spatial).clamp(0, 1)
+        last = self._coverage(latents[:, self.colour_channels : self.colour_channels + k], 1, first).clamp(0, 1)
         if not first:
             b, _, g, h, w = last.shape
             zt = latents[:, self.colour_channels + k :].mean(dim=(3, 4)).transpose(1, 2)  # [B, G, 3]
