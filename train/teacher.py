@@ -129,6 +129,7 @@ def main(argv=None) -> None:
         swapped = 0.0
         if tc.swap_input > 0 and not (path or coarse):
             pick = (torch.rand(x0.shape[0], generator=g) < tc.swap_input) & torch.tensor([c != "" for c in batch.captions])
+            pick &= sigma.cpu() >= tc.swap_sigma_min
             idx = pick.nonzero().squeeze(1)
             if len(idx):
                 sub = dataclasses.replace(batch, specs=[batch.specs[i] for i in idx], start=[batch.start[i] for i in idx])
