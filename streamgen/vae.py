@@ -678,16 +678,136 @@ class TrackedLayeredVAE(LayeredVAE):
         return {"explained": explained, "explained_first": explained}
 
 
+def forward_track(anchor: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """The track from coverage ``anchor [B, H, W]`` through the next frames ``frames [B, t, H, W]``: ``[B, 3]`` =
+    velocity x, y (px/frame) just after the anchor and size rate (per frame, over the anchor's size). It is
+    ``coverage_track`` run backwards in time (the last frame of the reversed sequence is the anchor), negated."""
+    seq = torch.cat([frames.flip(1), anchor[:, None]], 1)[:, None]  # [B, 1, t+1, H, W]
+    return -coverage_track(seq)[:, 0]
+
+
+def advance_along_track(anchor: torch.Tensor, track: torch.Tensor, t: int) -> torch.Tensor:
+    """The ``t`` coverage frames after ``anchor [N, H, W]`` along its ``forward_track`` ``[N, 3]``: frame ``j``
+    (1..t) is the anchor moved by ``j`` velocities, reflected off the borders, scaled by ``1 + j * rate``.
+    Returns ``[N, t, H, W]``. (``warp_along_track`` replays backwards: forward is backward with the track negated.)"""
+    return warp_along_track(anchor, -track, t + 1).flip(1)[:, 1:]
+
+
+class PredictiveTrackedVAE(TrackedLayeredVAE):
+    """``TrackedLayeredVAE`` whose later latent frames hold the track and the *residual* of the group's last frame
+    after moving the previous one along it (a video codec's P-frame), instead of the last frame itself.
+
+    Latent channels as in ``TrackedLayeredVAE`` (same colours, same coverage basis: ``from_tracked`` copies them),
+    but the track is the forward one (velocity just after the previous group's last frame; ``forward_track``) and
+    the coverage channels of latent frame ``g >= 1`` are the PCA projection (no mean) of ``last_g -
+    advance(last_{g-1})``. Encode runs the decoder in the loop (the residual is taken against the decoded previous
+    frame), so decode errors do not accumulate. Decode is sequential: the stream decoder keeps the last frame.
+
+    Why (session 17): with ``TrackedLayeredVAE`` the teacher reads the direction word into the track channels, but
+    each latent frame places its own object and the places do not follow the track (decoded clips saw-tooth: 3 px
+    forward inside a group, 7 back between groups), so generated motion was chance. Here the place of the object in
+    every later frame follows from the first frame and the tracks; a clip's residuals are near zero, and direction
+    and speed are constant fields, like the colours that the teacher reads perfectly.
+    """
+
+    config_type = "layered_predictive"
+
+    @classmethod
+    def from_tracked(cls, tracked: TrackedLayeredVAE, clips: torch.Tensor) -> "PredictiveTrackedVAE":
+        """A predictive VAE with ``tracked``'s colour statistics and coverage basis, and forward-track statistics
+        fitted on ``clips [N, 3, 1+4k, H, W]`` in [-1, 1]."""
+        vae = cls(tracked.z_dim, tracked.scale_power, tracked.colour_gain)
+        vae.load_state_dict(tracked.state_dict())
+        t, tracks = vae.temporal, []
+        for part in clips.split(64):
+            alpha = frame_layers(part, 1)[2][:, 0]  # [n, F, H, W]
+            for g in range(1, alpha.shape[1], t):
+                tracks.append(forward_track(alpha[:, g - 1], alpha[:, g : g + t]))
+        track = torch.cat(tracks)
+        vae.track_mean.copy_(track.mean(0)), vae.track_std.copy_(track.std(0).clamp_min(1e-3))
+        return vae
+
+    def _residual_latent(self, r: torch.Tensor) -> torch.Tensor:
+        """Coverage residual ``[B, H, W]`` -> ``[B, k, 1, h, w]`` (the basis without its mean: residuals are centred)."""
+        return (_patches(r[:, None, None], 1, self.spatial) @ self.basis.T / self.scale).permute(0, 4, 1, 2, 3)
+
+    def _residual(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``_residual_latent``: ``[B, k, 1, h, w]`` -> ``[B, H, W]``."""
+        return _unpatches((z.permute(0, 2, 3, 4, 1) * self.scale) @ self.basis, 1, self.spatial)[:, 0, 0]
+
+    def _track_latent(self, track: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        z = (track - self.track_mean) / self.track_std * self.colour_gain  # [B, 3]
+        return z[:, :, None, None, None].expand(-1, -1, 1, h, w)
+
+    def _track(self, z: torch.Tensor) -> torch.Tensor:
+        """Track channels ``[B, 3, 1, h, w]`` -> ``[B, 3]`` (their mean: a generator's per-position noise averages out)."""
+        return z.mean(dim=(2, 3, 4)) / self.colour_gain * self.track_std + self.track_mean
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        latent_frames(video.shape[2], self.temporal)
+        t, k, c = self.temporal, self.basis.shape[0], self.colour_channels
+        first = self._encode_group(video[:, :, :1], first=True)  # a still: colours, coverage, zero track
+        h, w = first.shape[-2:]
+        anchor = self._coverage(first[:, c : c + k], 1, True).clamp(0, 1)[:, 0, 0]  # the decoder's frame 0
+        alpha = frame_layers(video, 1)[2]
+        bg, fg = frame_layers(video[:, :, 1:], t)[:2] if video.shape[2] > 1 else (None, None)  # colours per group
+        parts = [first]
+        for g in range(1, video.shape[2], t):
+            frames = alpha[:, 0, g : g + t]
+            # the track from the true previous frame (a decoded one's box can be a pixel off: a still object would
+            # get a drift), moved on from the decoded one (the residual then takes up the decoder's own error)
+            track = forward_track(alpha[:, 0, g - 1], frames)
+            pred = advance_along_track(anchor, track, t)[:, -1]
+            zr = self._residual_latent(frames[:, -1] - pred)
+            anchor = (pred + self._residual(zr)).clamp(0, 1)
+            colours = [self._colour_latent(x[:, :, g // t : g // t + 1], h, w) for x in (bg, fg)]
+            parts.append(torch.cat([*colours, zr, self._track_latent(track, h, w)], 1))
+        return torch.cat(parts, dim=2)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return PredictiveStreamDecoder(self)
+
+    def _decode_step(self, z: torch.Tensor, anchor: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One latent frame ``[B, z, 1, h, w]`` after the decoded coverage ``anchor [B, H, W]`` (None: the first
+        latent frame) -> (pixels ``[B, 3, 1 or t, H, W]``, its last coverage frame)."""
+        t, k, c = self.temporal, self.basis.shape[0], self.colour_channels
+        bg, fg = self._colours(z)
+        if anchor is None:
+            cov = self._coverage(z[:, c : c + k], 1, True).clamp(0, 1)  # [B, 1, 1, H, W]
+        else:
+            pred = advance_along_track(anchor, self._track(z[:, c + k :]), t)  # [B, t, H, W]
+            last = (pred[:, -1] + self._residual(z[:, c : c + k])).clamp(0, 1)
+            cov = torch.cat([pred[:, :-1].clamp(0, 1), last[:, None]], 1)[:, None]
+        return bg + (fg - bg) * cov, cov[:, 0, -1]
+
+
+class PredictiveStreamDecoder(StreamDecoder):
+    """Streaming decode of ``PredictiveTrackedVAE`` latents: latent frames in order, each moved on from the last
+    decoded coverage frame (exact: the whole-video decode is the same loop)."""
+
+    def __init__(self, vae: PredictiveTrackedVAE):
+        self.vae, self.anchor = vae, None
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(latents.shape[2]):
+            frames, self.anchor = self.vae._decode_step(latents[:, :, i : i + 1], self.anchor)
+            outs.append(frames)
+        return torch.cat(outs, dim=2)
+
+
 def load_vae(path: str | Path) -> VideoVAE:
-    """A VAE fitted here (``config.json`` type 'pca', 'pca_refined', 'layered' or 'layered_track') or a diffusers AutoencoderKLWan directory."""
+    """A VAE fitted here (``config.json`` type 'pca', 'pca_refined', 'layered', 'layered_track' or 'layered_predictive') or a diffusers AutoencoderKLWan directory."""
     d = Path(path)
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no VAE at {d}: expected a directory with config.json")
     cfg = json.loads(cfg_path.read_text())
-    for cls in (PCAVideoVAE, RefinedPCAVAE, LayeredVAE, TrackedLayeredVAE):
+    for cls in (PCAVideoVAE, RefinedPCAVAE, LayeredVAE, TrackedLayeredVAE, PredictiveTrackedVAE):
         if cfg.get("type") == cls.config_type:
             return cls.load(d)
     if cfg.get("_class_name") == "AutoencoderKLWan":
         return WanVAE.from_pretrained(d)
-    raise ValueError(f"{cfg_path} is neither a VAE fitted here ('pca', 'pca_refined', 'layered', 'layered_track') nor a diffusers AutoencoderKLWan config")
+    raise ValueError(f"{cfg_path} is neither a VAE fitted here ('pca', 'pca_refined', 'layered', 'layered_track', 'layered_predictive') nor a diffusers AutoencoderKLWan config")

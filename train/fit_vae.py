@@ -26,7 +26,7 @@ from streamgen.data import frames_to_tensor as to_tensor  # noqa: E402
 from streamgen.toyworld.evaluate import evaluate_clip, format_table  # noqa: E402
 from streamgen.toyworld.render import render_batch  # noqa: E402
 from streamgen.toyworld.world import sample_spec  # noqa: E402
-from streamgen.vae import LayeredVAE, PCAVideoVAE, TrackedLayeredVAE, load_vae  # noqa: E402
+from streamgen.vae import LayeredVAE, PCAVideoVAE, PredictiveTrackedVAE, TrackedLayeredVAE, load_vae  # noqa: E402
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -41,7 +41,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/vae")
-    ap.add_argument("--kind", choices=("pca", "layered", "tracked"), default="pca")
+    ap.add_argument("--kind", choices=("pca", "layered", "tracked", "predictive"), default="pca")
     ap.add_argument("--z-dim", type=int, default=64)
     ap.add_argument("--clips", type=int, default=1500)
     ap.add_argument("--frames", type=int, default=13)
@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--scale-power", type=float, default=0.5,
                     help="latent channel c is divided by std_c ** p (0: one global scale, 1: whitened)")
     ap.add_argument("--colour-gain", type=float, default=2.0, help="layered, tracked: std of the colour and track channels")
-    ap.add_argument("--like", default=None, help="tracked: a fitted layered VAE whose colour statistics and basis to keep")
+    ap.add_argument("--like", default=None, help="tracked: a fitted layered VAE whose colour statistics and basis to keep; "
+                    "predictive (required): the fitted tracked VAE whose colours and basis it uses")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -59,11 +60,18 @@ def main() -> None:
     train = to_tensor(render_batch([sample_spec(rng, "train") for _ in range(args.clips)], args.frames))
     kinds = {"pca": lambda: PCAVideoVAE(args.z_dim, args.scale_power),
              "layered": lambda: LayeredVAE(args.z_dim, args.scale_power, args.colour_gain),
-             "tracked": lambda: TrackedLayeredVAE(args.z_dim, args.scale_power, args.colour_gain)}
+             "tracked": lambda: TrackedLayeredVAE(args.z_dim, args.scale_power, args.colour_gain),
+             "predictive": lambda: None}
     vae = kinds[args.kind]()
-    if args.like and args.kind != "tracked":
-        ap.error("--like applies to --kind tracked only")
-    stats = vae.fit(train, like=load_vae(args.like)) if args.like else vae.fit(train)
+    if args.like and args.kind not in ("tracked", "predictive"):
+        ap.error("--like applies to --kind tracked and predictive only")
+    if args.kind == "predictive":
+        if not args.like:
+            ap.error("--kind predictive needs --like DIR: a fitted tracked VAE (train/fit_vae.py --kind tracked)")
+        vae = PredictiveTrackedVAE.from_tracked(load_vae(args.like), train)
+        stats = {"explained": float("nan"), "explained_first": float("nan")}  # the basis is the tracked VAE's
+    else:
+        stats = vae.fit(train, like=load_vae(args.like)) if args.like else vae.fit(train)
     fit_s = time.time() - t0
     del train
 
@@ -118,11 +126,18 @@ def main() -> None:
                    f"{args.colour_gain}. Decode: the coverage moved back along the track for the group's earlier frames, then\n"
                    f"backdrop + (object - backdrop) * coverage (see TrackedLayeredVAE)."
                    + (f" Colour statistics and coverage basis taken from `{args.like}`." if args.like else ""),
+        "predictive": f"# Predictive tracked toy-world VAE: colours, first frame, then track + residual per latent frame\n\n"
+                      f"The Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames) and the channels of `{args.like}`\n"
+                      f"(colours, coverage basis), but each later latent frame holds the forward track (velocity just after\n"
+                      f"the previous group's last frame, and size rate) and the PCA projection of the residual of its last\n"
+                      f"frame after moving the previous one along the track (a codec's P-frame; see PredictiveTrackedVAE).\n"
+                      f"Decode is sequential: the stream decoder keeps the last decoded coverage frame.",
     }[args.kind]
     (Path(args.out) / "README.md").write_text(
-        f"{what}\nFitted in closed form on {args.clips} toy-world training clips of {args.frames} frames. Decoding a\n"
-        f"latent frame needs no other frame, so streaming decode is exact.\n\n"
-        f"Made by: `{cmd}`\n\n## Evaluation on {args.eval_clips} random clips of {args.eval_frames} frames\n\n"
+        f"{what}\nFitted in closed form on {args.clips} toy-world training clips of {args.frames} frames. "
+        + ("Decoding a latent\nframe needs the previous decoded frame only; streaming decode is the whole-video decode's loop.\n\n"
+           if args.kind == "predictive" else "Decoding a\nlatent frame needs no other frame, so streaming decode is exact.\n\n")
+        + f"Made by: `{cmd}`\n\n## Evaluation on {args.eval_clips} random clips of {args.eval_frames} frames\n\n"
         f"Detector accuracy (streamgen.toyworld) on ground truth vs on decoded clips:\n\n```\n{table}\n```\n\n{summary}\n"
     )
 
