@@ -16,6 +16,7 @@ map to ``1 + k`` latent frames (the first latent frame holds one pixel frame). P
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -678,53 +679,131 @@ class TrackedLayeredVAE(LayeredVAE):
         return {"explained": explained, "explained_first": explained}
 
 
-def forward_track(anchor: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """The track from coverage ``anchor [B, H, W]`` through the next frames ``frames [B, t, H, W]``: ``[B, 3]`` =
-    velocity x, y (px/frame) just after the anchor and size rate (per frame, over the anchor's size). It is
-    ``coverage_track`` run backwards in time (the last frame of the reversed sequence is the anchor), negated."""
-    seq = torch.cat([frames.flip(1), anchor[:, None]], 1)[:, None]  # [B, 1, t+1, H, W]
-    return -coverage_track(seq)[:, 0]
+@dataclass
+class Placement:
+    """Where a stream decoder's keyframe outline is: ``template [B, H, W]`` (a decoded coverage frame), its box centre
+    ``anchor [B, 2]`` and half extents ``half [B, 2]`` (x, y), and the current box centre ``centre [B, 2]`` and scale
+    ``scale [B]``. Every predicted frame is one warp of the template (no blur or erosion builds up over a stream)."""
+
+    template: torch.Tensor
+    anchor: torch.Tensor
+    half: torch.Tensor
+    centre: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, coverage: torch.Tensor) -> "Placement":
+        """A placement whose template is ``coverage [B, H, W]`` where it stands."""
+        (cx, ex), (cy, ey) = _box_centre(coverage, -1), _box_centre(coverage, -2)
+        anchor = torch.stack([cx, cy], -1)
+        return cls(coverage, anchor, torch.stack([ex, ey], -1) / 2, anchor.clone(), coverage.new_ones(coverage.shape[0]))
+
+    def where(self, keep: torch.Tensor, other: "Placement") -> "Placement":
+        """Per batch element: this placement where ``keep [B]`` is true, else ``other``'s."""
+        pick = lambda a, b: torch.where(keep.view(-1, *(1,) * (a.ndim - 1)), a, b)  # noqa: E731
+        return Placement(*(pick(getattr(self, f), getattr(other, f)) for f in ("template", "anchor", "half", "centre", "scale")))
 
 
-def advance_along_track(anchor: torch.Tensor, track: torch.Tensor, t: int) -> torch.Tensor:
-    """The ``t`` coverage frames after ``anchor [N, H, W]`` along its ``forward_track`` ``[N, 3]``: frame ``j``
-    (1..t) is the anchor moved by ``j`` velocities, reflected off the borders, scaled by ``1 + j * rate``.
-    Returns ``[N, t, H, W]``. (``warp_along_track`` replays backwards: forward is backward with the track negated.)"""
-    return warp_along_track(anchor, -track, t + 1).flip(1)[:, 1:]
+def place_template(p: Placement, centres: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The template moved so that its box centre is at ``centres [B, t, 2]`` and scaled by ``scales [B, t]`` about
+    it: ``[B, t, H, W]`` (bilinear)."""
+    b, h, w = p.template.shape
+    t = centres.shape[1]
+    dtype = p.template.dtype
+    xs, ys = torch.arange(w, dtype=dtype), torch.arange(h, dtype=dtype)
+    pix = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [H, W, 2] as (x, y), pixel centres at +0.5
+    # the box centre is in pixel-edge units: pixel i spans [i, i+1], so its centre is i + 0.5
+    src = p.anchor[:, None, None, None] + (pix[None, None] + 0.5 - centres[:, :, None, None]) / scales[:, :, None, None, None]
+    grid = src / torch.tensor([w, h], dtype=dtype) * 2 - 1  # align_corners=False convention
+    out = torch.nn.functional.grid_sample(p.template[:, None].expand(b, t, h, w).reshape(b * t, 1, h, w),
+                                          grid.reshape(b * t, h, w, 2), mode="bilinear", padding_mode="zeros",
+                                          align_corners=False)
+    return out.reshape(b, t, h, w)
+
+
+def track_path(p: Placement, track: torch.Tensor, t: int, canvas: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box centres ``[B, t, 2]`` and scales ``[B, t]`` of the ``t`` frames after placement ``p`` along ``track [B, 3]``
+    (velocity x, y in px/frame just after ``p``, size rate per frame): frame ``j`` (1..t) at ``centre + j * v``
+    reflected off the borders (the scaled box stays inside the canvas: the world's elastic bounces), scale
+    ``scale * (1 + j * rate)``."""
+    j = torch.arange(1, t + 1, dtype=track.dtype)
+    scales = (p.scale[:, None] * (1 + j * track[:, 2:3])).clamp(0.25, 4.0)
+    half = p.half[:, None] * scales[..., None]  # [B, t, 2]
+    size = torch.tensor(canvas, dtype=track.dtype)
+    centres = _fold(p.centre[:, None] + j[:, None] * track[:, None, :2], half, size - half)
+    return centres, scales
+
+
+def fit_track(p: Placement, frames: torch.Tensor, min_mass: float = 1.0, max_speed: float = 6.0,
+              resolution: float = 0.025) -> torch.Tensor:
+    """The ``track_path`` track ``[B, 3]`` that best moves placement ``p`` through coverage ``frames [B, t, H, W]``:
+    size rate = least-squares slope through the origin of ``sqrt(mass / template mass) / scale - 1`` per frame; then
+    per axis the velocity (a ``resolution`` grid up to ``max_speed``) whose reflected path best matches the frames'
+    box centres. Fitted from the placement the decoder has (closed loop: its errors do not accumulate). Frames with
+    less than ``min_mass`` pixels of coverage are ignored."""
+    b, t, h, w = frames.shape
+    dtype = frames.dtype
+    mass = frames.sum(dim=(2, 3))
+    valid = (mass > min_mass).to(dtype)  # [B, t]
+    j = torch.arange(1, t + 1, dtype=dtype)
+    rel = (mass / p.template.sum(dim=(1, 2)).clamp_min(1e-6)[:, None]).sqrt() / p.scale[:, None] - 1
+    rate = (valid * j * rel).sum(-1) / (valid * j * j).sum(-1).clamp_min(1e-6)
+    grid = torch.arange(-max_speed, max_speed + resolution / 2, resolution, dtype=dtype)  # [V]
+    scales = (p.scale[:, None] * (1 + j * rate[:, None])).clamp(0.25, 4.0)
+    velocity = []
+    for axis, (dim, size) in enumerate(((-1, w), (-2, h))):
+        centre = _box_centre(frames, dim)[0]  # [B, t]
+        half = (p.half[:, axis, None] * scales)[..., None]  # [B, t, 1]
+        path = _fold(p.centre[:, axis, None, None] + j[:, None] * grid, half, size - half)  # [B, t, V]
+        sse = ((path - centre[..., None]).pow(2) * valid[..., None]).sum(1)  # [B, V]
+        velocity.append(grid[(sse + 1e-6 * grid.abs()).argmin(-1)])  # ties (a still object) go to the smallest speed
+    return torch.stack([*velocity, rate], -1)
 
 
 class PredictiveTrackedVAE(TrackedLayeredVAE):
-    """``TrackedLayeredVAE`` whose later latent frames hold the track and the *residual* of the group's last frame
-    after moving the previous one along it (a video codec's P-frame), instead of the last frame itself.
+    """``TrackedLayeredVAE`` whose later latent frames hold a track and a *residual*, like a video codec's P-frames:
+    each group's frames are a keyframe outline moved along the track, and the residual corrects the group's last frame.
 
     Latent channels as in ``TrackedLayeredVAE`` (same colours, same coverage basis: ``from_tracked`` copies them),
-    but the track is the forward one (velocity just after the previous group's last frame; ``forward_track``) and
-    the coverage channels of latent frame ``g >= 1`` are the PCA projection (no mean) of ``last_g -
-    advance(last_{g-1})``. Encode runs the decoder in the loop (the residual is taken against the decoded previous
-    frame), so decode errors do not accumulate. Decode is sequential: the stream decoder keeps the last frame.
+    but the track is the forward one (velocity just after the previous group, size rate; ``fit_track``) and the
+    coverage channels of latent frame ``g >= 1`` are the PCA projection (no mean) of ``last_g - predicted last_g``.
+    The decoder keeps a ``Placement``: the keyframe outline (the first frame's decoded coverage) and where it is now;
+    each group moves it along its track (``track_path``, ``place_template``). Where a residual redraws a sizeable part
+    of the outline (more than ``refresh`` of its pixels change by over 0.5: a new shape after a prompt switch, or the
+    clip cut), the corrected last frame becomes the keyframe. Encode runs the same decoder in the loop and fits each
+    track from the decoder's placement, so neither errors nor interpolation blur accumulate.
 
     Why (session 17): with ``TrackedLayeredVAE`` the teacher reads the direction word into the track channels, but
     each latent frame places its own object and the places do not follow the track (decoded clips saw-tooth: 3 px
-    forward inside a group, 7 back between groups), so generated motion was chance. Here the place of the object in
-    every later frame follows from the first frame and the tracks; a clip's residuals are near zero, and direction
-    and speed are constant fields, like the colours that the teacher reads perfectly.
+    forward inside a group, 7 back between groups), so generated motion was chance. Here the object's place and
+    outline in every later frame follow from the first frame and the tracks alone (residuals zeroed: every attribute
+    kept over a minute), and direction and speed are constant fields, like the colours the teacher reads perfectly.
+    Moving the previous decoded frame instead of a keyframe eroded a star's points within 10 s.
     """
 
     config_type = "layered_predictive"
 
+    def __init__(self, z_dim: int = 64, scale_power: float = 0.5, colour_gain: float = 2.0, refresh: float = 0.1):
+        super().__init__(z_dim, scale_power, colour_gain)
+        self.refresh = refresh
+
+    def _config(self) -> dict:
+        return {**super()._config(), "refresh": self.refresh}
+
     @classmethod
-    def from_tracked(cls, tracked: TrackedLayeredVAE, clips: torch.Tensor) -> "PredictiveTrackedVAE":
-        """A predictive VAE with ``tracked``'s colour statistics and coverage basis, and forward-track statistics
-        fitted on ``clips [N, 3, 1+4k, H, W]`` in [-1, 1]."""
-        vae = cls(tracked.z_dim, tracked.scale_power, tracked.colour_gain)
+    def _from_config(cls, cfg: dict) -> "PredictiveTrackedVAE":
+        return cls(cfg["z_dim"], cfg["scale_power"], cfg["colour_gain"], cfg.get("refresh", 0.1))
+
+    @classmethod
+    def from_tracked(cls, tracked: TrackedLayeredVAE, clips: torch.Tensor, refresh: float = 0.1) -> "PredictiveTrackedVAE":
+        """A predictive VAE with ``tracked``'s colour statistics and coverage basis, and track statistics fitted on
+        ``clips [N, 3, 1+4k, H, W]`` in [-1, 1] (their encode with unit statistics)."""
+        vae = cls(tracked.z_dim, tracked.scale_power, tracked.colour_gain, refresh)
         vae.load_state_dict(tracked.state_dict())
-        t, tracks = vae.temporal, []
-        for part in clips.split(64):
-            alpha = frame_layers(part, 1)[2][:, 0]  # [n, F, H, W]
-            for g in range(1, alpha.shape[1], t):
-                tracks.append(forward_track(alpha[:, g - 1], alpha[:, g : g + t]))
-        track = torch.cat(tracks)
-        vae.track_mean.copy_(track.mean(0)), vae.track_std.copy_(track.std(0).clamp_min(1e-3))
+        vae.track_mean.zero_(), vae.track_std.fill_(vae.colour_gain)  # encode then gives the raw tracks
+        tracks = torch.cat([vae.encode(part)[:, -vae.track_channels :, 1:, 0, 0].transpose(1, 2).flatten(0, 1)
+                            for part in clips.split(64)])
+        vae.track_mean.copy_(tracks.mean(0)), vae.track_std.copy_(tracks.std(0).clamp_min(1e-3))
         return vae
 
     def _residual_latent(self, r: torch.Tensor) -> torch.Tensor:
@@ -743,24 +822,35 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         """Track channels ``[B, 3, 1, h, w]`` -> ``[B, 3]`` (their mean: a generator's per-position noise averages out)."""
         return z.mean(dim=(2, 3, 4)) / self.colour_gain * self.track_std + self.track_mean
 
+    def _advance(self, p: Placement, track: torch.Tensor, zr: torch.Tensor) -> tuple[torch.Tensor, Placement]:
+        """One group: coverage frames ``[B, t, H, W]`` (the last one corrected by the residual latent ``zr``) and the
+        placement after it (the corrected last frame becomes the keyframe where the residual redraws the outline)."""
+        h, w = p.template.shape[-2:]
+        centres, scales = track_path(p, track, self.temporal, (w, h))
+        frames = place_template(p, centres, scales).clamp(0, 1)
+        r = self._residual(zr)
+        last = (frames[:, -1] + r).clamp(0, 1)
+        redrawn = (r.abs() > 0.5).sum(dim=(1, 2)) > self.refresh * (p.template > 0.5).sum(dim=(1, 2)).clamp_min(1)
+        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1])
+        return torch.cat([frames[:, :-1], last[:, None]], 1), moved.where(~redrawn, Placement.of(last))
+
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         latent_frames(video.shape[2], self.temporal)
         t, k, c = self.temporal, self.basis.shape[0], self.colour_channels
         first = self._encode_group(video[:, :, :1], first=True)  # a still: colours, coverage, zero track
         h, w = first.shape[-2:]
-        anchor = self._coverage(first[:, c : c + k], 1, True).clamp(0, 1)[:, 0, 0]  # the decoder's frame 0
-        alpha = frame_layers(video, 1)[2]
+        p = Placement.of(self._coverage(first[:, c : c + k], 1, True).clamp(0, 1)[:, 0, 0])  # the decoder's frame 0
+        alpha = frame_layers(video, 1)[2][:, 0]
         bg, fg = frame_layers(video[:, :, 1:], t)[:2] if video.shape[2] > 1 else (None, None)  # colours per group
         parts = [first]
         for g in range(1, video.shape[2], t):
-            frames = alpha[:, 0, g : g + t]
-            # the track from the true previous frame (a decoded one's box can be a pixel off: a still object would
-            # get a drift), moved on from the decoded one (the residual then takes up the decoder's own error)
-            track = forward_track(alpha[:, 0, g - 1], frames)
-            pred = advance_along_track(anchor, track, t)[:, -1]
-            zr = self._residual_latent(frames[:, -1] - pred)
-            anchor = (pred + self._residual(zr)).clamp(0, 1)
+            frames = alpha[:, g : g + t]
+            track = fit_track(p, frames)
+            centres, scales = track_path(p, track, t, (alpha.shape[-1], alpha.shape[-2]))
+            predicted = place_template(p, centres[:, -1:], scales[:, -1:])[:, 0].clamp(0, 1)
+            zr = self._residual_latent(frames[:, -1] - predicted)
+            p = self._advance(p, track, zr)[1]
             colours = [self._colour_latent(x[:, :, g // t : g // t + 1], h, w) for x in (bg, fg)]
             parts.append(torch.cat([*colours, zr, self._track_latent(track, h, w)], 1))
         return torch.cat(parts, dim=2)
@@ -768,32 +858,31 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
     def stream_decoder(self) -> StreamDecoder:
         return PredictiveStreamDecoder(self)
 
-    def _decode_step(self, z: torch.Tensor, anchor: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One latent frame ``[B, z, 1, h, w]`` after the decoded coverage ``anchor [B, H, W]`` (None: the first
-        latent frame) -> (pixels ``[B, 3, 1 or t, H, W]``, its last coverage frame)."""
-        t, k, c = self.temporal, self.basis.shape[0], self.colour_channels
+    def _decode_step(self, z: torch.Tensor, p: Placement | None) -> tuple[torch.Tensor, Placement]:
+        """One latent frame ``[B, z, 1, h, w]`` after placement ``p`` (None: the first latent frame) -> (pixels
+        ``[B, 3, 1 or t, H, W]``, the placement after it)."""
+        k, c = self.basis.shape[0], self.colour_channels
         bg, fg = self._colours(z)
-        if anchor is None:
-            cov = self._coverage(z[:, c : c + k], 1, True).clamp(0, 1)  # [B, 1, 1, H, W]
+        if p is None:
+            cov = self._coverage(z[:, c : c + k], 1, True).clamp(0, 1)[:, 0]  # [B, 1, H, W]
+            p = Placement.of(cov[:, 0])
         else:
-            pred = advance_along_track(anchor, self._track(z[:, c + k :]), t)  # [B, t, H, W]
-            last = (pred[:, -1] + self._residual(z[:, c : c + k])).clamp(0, 1)
-            cov = torch.cat([pred[:, :-1].clamp(0, 1), last[:, None]], 1)[:, None]
-        return bg + (fg - bg) * cov, cov[:, 0, -1]
+            cov, p = self._advance(p, self._track(z[:, c + k :]), z[:, c : c + k])
+        return bg + (fg - bg) * cov[:, None], p
 
 
 class PredictiveStreamDecoder(StreamDecoder):
-    """Streaming decode of ``PredictiveTrackedVAE`` latents: latent frames in order, each moved on from the last
-    decoded coverage frame (exact: the whole-video decode is the same loop)."""
+    """Streaming decode of ``PredictiveTrackedVAE`` latents: latent frames in order, each moving the decoder's
+    ``Placement`` on (exact: the whole-video decode is the same loop)."""
 
     def __init__(self, vae: PredictiveTrackedVAE):
-        self.vae, self.anchor = vae, None
+        self.vae, self.placement = vae, None
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         outs = []
         for i in range(latents.shape[2]):
-            frames, self.anchor = self.vae._decode_step(latents[:, :, i : i + 1], self.anchor)
+            frames, self.placement = self.vae._decode_step(latents[:, :, i : i + 1], self.placement)
             outs.append(frames)
         return torch.cat(outs, dim=2)
 

@@ -262,14 +262,15 @@ def test_predictive_vae_places_every_later_frame_from_the_first_frame_and_the_tr
     """PredictiveTrackedVAE: decodes put each frame's object where the renderer's is (as the tracked VAE's test),
     and still do with every residual channel zeroed: the object's place in every later frame follows from the
     first frame and the track channels alone (a TrackedLayeredVAE latent with its later coverage zeroed has no
-    object). Colours and the first frame are the tracked VAE's channels; streaming equals whole-clip decode; it
-    loads back through load_vae."""
+    object), and a star keeps its points over 30 s that way. A clip cut to another clip (new shape, place and
+    colours) decodes both halves right (the residual makes the new outline the keyframe). Colours and the first
+    frame are the tracked VAE's channels; streaming equals whole-clip decode; it loads back through load_vae."""
     import numpy as np
 
     from streamgen.data import frames_to_tensor
     from streamgen.toyworld.evaluate import evaluate_clip
     from streamgen.toyworld.render import render_batch
-    from streamgen.toyworld.world import sample_spec
+    from streamgen.toyworld.world import ClipSpec, sample_spec
     from streamgen.vae import PredictiveTrackedVAE, TrackedLayeredVAE, frame_layers
 
     rng = np.random.default_rng(0)
@@ -309,3 +310,20 @@ def test_predictive_vae_places_every_later_frame_from_the_first_frame_and_the_tr
     vae.save(tmp_path / "vae")
     again = load_vae(tmp_path / "vae")
     assert type(again) is PredictiveTrackedVAE and torch.equal(again.encode(video[:2]), z[:2])
+    # 30 s of a slow diagonal star from its first frame and tracks alone: its points survive (moving the previous
+    # decoded frame instead of a keyframe eroded them within 10 s)
+    star = ClipSpec("star", "red", "black", "bouncing diagonally", "slowly", 28, x=60, y=50, dir_x=1, dir_y=-1)
+    long = frames_to_tensor(render_batch([star], 1 + 4 * 120))
+    zl = vae.encode(long)
+    zl[:, 6 : 6 + k, 1:] = 0
+    out = ((vae.decode(zl).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 3, 0).numpy()
+    row = evaluate_clip(out[-32:], star).row()
+    assert row["shape"] == 1.0 and row["presence"] == 1.0, row
+    # a cut: frames 0-16 of one clip, then 16 frames of another
+    a, b = specs[0], specs[5]
+    cut = np.concatenate([render_batch([a], 17)[0], render_batch([b], 16)[0]])
+    dec = vae.decode(vae.encode(frames_to_tensor(cut[None])))
+    out = ((dec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 3, 0).numpy()
+    for part, spec in ((out[:17], a), (out[21:], b)):  # the group holding the cut mixes the two
+        row = evaluate_clip(part, spec).row()
+        assert all(row[key] == 1.0 for key in ("colour", "shape", "background", "presence")), (spec, row)

@@ -129,13 +129,13 @@ def main() -> None:
         "predictive": f"# Predictive tracked toy-world VAE: colours, first frame, then track + residual per latent frame\n\n"
                       f"The Wan VAE's geometry (8x spatial, 4x temporal, causal, 1 + 4k frames) and the channels of `{args.like}`\n"
                       f"(colours, coverage basis), but each later latent frame holds the forward track (velocity just after\n"
-                      f"the previous group's last frame, and size rate) and the PCA projection of the residual of its last\n"
-                      f"frame after moving the previous one along the track (a codec's P-frame; see PredictiveTrackedVAE).\n"
-                      f"Decode is sequential: the stream decoder keeps the last decoded coverage frame.",
+                      f"the previous group, and size rate) and the PCA projection of the residual of its last frame after\n"
+                      f"moving the keyframe outline along the tracks (a codec's P-frame; see PredictiveTrackedVAE). Decode\n"
+                      f"is sequential: the stream decoder keeps the keyframe and where it is.",
     }[args.kind]
     (Path(args.out) / "README.md").write_text(
         f"{what}\nFitted in closed form on {args.clips} toy-world training clips of {args.frames} frames. "
-        + ("Decoding a latent\nframe needs the previous decoded frame only; streaming decode is the whole-video decode's loop.\n\n"
+        + ("Decoding a latent\nframe needs the decoder's placement after the previous one; streaming decode is the whole-video decode's loop.\n\n"
            if args.kind == "predictive" else "Decoding a\nlatent frame needs no other frame, so streaming decode is exact.\n\n")
         + f"Made by: `{cmd}`\n\n## Evaluation on {args.eval_clips} random clips of {args.eval_frames} frames\n\n"
         f"Detector accuracy (streamgen.toyworld) on ground truth vs on decoded clips:\n\n```\n{table}\n```\n\n{summary}\n"
