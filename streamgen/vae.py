@@ -822,16 +822,20 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         """Track channels ``[B, 3, 1, h, w]`` -> ``[B, 3]`` (their mean: a generator's per-position noise averages out)."""
         return z.mean(dim=(2, 3, 4)) / self.colour_gain * self.track_std + self.track_mean
 
-    def _advance(self, p: Placement, track: torch.Tensor, zr: torch.Tensor) -> tuple[torch.Tensor, Placement]:
-        """One group: coverage frames ``[B, t, H, W]`` (the last one corrected by the residual latent ``zr``) and the
-        placement after it (the corrected last frame becomes the keyframe where the residual redraws the outline)."""
+    def _predict(self, p: Placement, track: torch.Tensor) -> tuple[torch.Tensor, Placement]:
+        """One group's coverage frames ``[B, t, H, W]`` moved on from placement ``p`` along ``track``, and the
+        placement at its last frame (same keyframe)."""
         h, w = p.template.shape[-2:]
         centres, scales = track_path(p, track, self.temporal, (w, h))
-        frames = place_template(p, centres, scales).clamp(0, 1)
+        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1])
+        return place_template(p, centres, scales).clamp(0, 1), moved
+
+    def _correct(self, frames: torch.Tensor, moved: Placement, zr: torch.Tensor) -> tuple[torch.Tensor, Placement]:
+        """``_predict``'s frames with the last one corrected by the residual latent ``zr``, and the placement after
+        them (the corrected last frame becomes the keyframe where the residual redraws the outline)."""
         r = self._residual(zr)
         last = (frames[:, -1] + r).clamp(0, 1)
-        redrawn = (r.abs() > 0.5).sum(dim=(1, 2)) > self.refresh * (p.template > 0.5).sum(dim=(1, 2)).clamp_min(1)
-        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1])
+        redrawn = (r.abs() > 0.5).sum(dim=(1, 2)) > self.refresh * (moved.template > 0.5).sum(dim=(1, 2)).clamp_min(1)
         return torch.cat([frames[:, :-1], last[:, None]], 1), moved.where(~redrawn, Placement.of(last))
 
     @torch.no_grad()
@@ -847,10 +851,9 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         for g in range(1, video.shape[2], t):
             frames = alpha[:, g : g + t]
             track = fit_track(p, frames)
-            centres, scales = track_path(p, track, t, (alpha.shape[-1], alpha.shape[-2]))
-            predicted = place_template(p, centres[:, -1:], scales[:, -1:])[:, 0].clamp(0, 1)
-            zr = self._residual_latent(frames[:, -1] - predicted)
-            p = self._advance(p, track, zr)[1]
+            predicted, moved = self._predict(p, track)
+            zr = self._residual_latent(frames[:, -1] - predicted[:, -1])
+            p = self._correct(predicted, moved, zr)[1]
             colours = [self._colour_latent(x[:, :, g // t : g // t + 1], h, w) for x in (bg, fg)]
             parts.append(torch.cat([*colours, zr, self._track_latent(track, h, w)], 1))
         return torch.cat(parts, dim=2)
@@ -867,7 +870,7 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
             cov = self._coverage(z[:, c : c + k], 1, True).clamp(0, 1)[:, 0]  # [B, 1, H, W]
             p = Placement.of(cov[:, 0])
         else:
-            cov, p = self._advance(p, self._track(z[:, c + k :]), z[:, c : c + k])
+            cov, p = self._correct(*self._predict(p, self._track(z[:, c + k :])), z[:, c : c + k])
         return bg + (fg - bg) * cov[:, None], p
 
 
