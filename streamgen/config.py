@@ -285,6 +285,11 @@ class TrainConfig:
     # that teaches distrust of the input, not reading the prompt (session 17: loss 0.56 -> 2.2 with motion swaps at
     # every level). At high noise the input only hints at the track, and the prompt has to decide.
     swap_sigma_min: float = 0.0
+    # Weight of the VAE's track channels (a tracked VAE's last ``track_channels``) in the flow MSE, against 1 for the
+    # others (renormalised: mean channel weight 1). Why: the track is a constant field, readable from the noisy input
+    # at all but the highest noise levels, and 3 of 64 channels; the loss that only the direction word can lower is a
+    # sliver of the whole (session 17: teachers read speed and "still" but not the direction). 1 = plain MSE.
+    track_loss_weight: float = 1.0
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 2000
@@ -334,6 +339,8 @@ class TrainConfig:
             raise ConfigError(f"train.foreground_dilate must be >= 0, got {self.foreground_dilate}")
         if self.foreground_boost < 0:
             raise ConfigError(f"train.foreground_boost must be >= 0 (0 = plain MSE), got {self.foreground_boost}")
+        if self.track_loss_weight <= 0:
+            raise ConfigError(f"train.track_loss_weight must be > 0 (1 = plain MSE), got {self.track_loss_weight}")
         if self.init not in ("adaln_zero", "diffusers"):
             raise ConfigError(f"train.init must be adaln_zero or diffusers, got {self.init!r}")
 

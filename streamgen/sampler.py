@@ -101,6 +101,17 @@ def foreground_weight(x0: torch.Tensor, boost: float, threshold: float = 0.1, di
     return w / w.flatten(1).mean(1).view(-1, 1, 1, 1, 1)
 
 
+def channel_weight(channels: int, last: int, weight: float) -> torch.Tensor:
+    """Per-channel weight ``[1, channels, 1, 1, 1]`` of the flow MSE: ``weight`` on the ``last`` channels, 1 on the
+    others, rescaled to mean 1 (the loss scale is unchanged). ``last = 0`` or ``weight = 1``: all ones."""
+    if not 0 <= last <= channels:
+        raise ValueError(f"last must be in [0, {channels}], got {last}")
+    w = torch.ones(channels)
+    if last:
+        w[channels - last:] = weight
+    return (w / w.mean()).view(1, channels, 1, 1, 1)
+
+
 def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Training target of flow matching."""
     return noise - x0

@@ -65,3 +65,5 @@ def test_swap_input_config_errors_name_the_fix():
         load_config(["configs/teacher_toy.yaml"], ["train.swap_input=1.5"], schema=TeacherRunConfig)
     with pytest.raises(ConfigError, match="swap_sigma_min"):
         load_config(["configs/teacher_toy.yaml"], base + ["train.swap_sigma_min=1.0"], schema=TeacherRunConfig)
+    with pytest.raises(ConfigError, match="track_loss_weight"):
+        load_config(["configs/teacher_toy.yaml"], ["train.track_loss_weight=0"], schema=TeacherRunConfig)

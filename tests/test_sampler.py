@@ -185,3 +185,26 @@ def test_object_crop_holds_the_whole_object_and_centres_it():
             assert abs(o - want) <= jitter + 1.0, (i, c, o)
     with pytest.raises(ValueError, match="crop size"):
         object_crop(full, 17, torch.Generator())
+
+
+def test_channel_weight_scales_the_flow_loss_on_the_track_channels_only():
+    """``train.track_loss_weight``: an error confined to the last (track) channels costs ``weight`` times what the
+    same error costs on other channels, and a uniform error costs what it costs unweighted (mean weight 1)."""
+    from streamgen.distill import flow_matching_loss
+    from streamgen.sampler import channel_weight
+    from streamgen.vae import load_vae
+
+    vae = load_vae("assets/vae_pred")
+    c, k = vae.z_dim, vae.track_channels
+    w = channel_weight(c, k, 8.0)
+    assert w.shape == (1, c, 1, 1, 1)
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    x0, noise, sigma = torch.zeros(2, c, 4, 16, 16), torch.zeros(2, c, 4, 16, 16), torch.full((2,), 0.5)
+    on_track, off_track = torch.zeros_like(x0), torch.zeros_like(x0)
+    on_track[:, c - k:], off_track[:, :k] = 1.0, 1.0  # the same error in k channels at either end
+    loss = lambda pred, weight=None: flow_matching_loss(pred, x0, noise, sigma, weight=weight).item()  # noqa: E731
+    assert loss(on_track, w) / loss(off_track, w) == pytest.approx(8.0)
+    assert loss(torch.ones_like(x0), w) == pytest.approx(loss(torch.ones_like(x0)))
+    torch.testing.assert_close(channel_weight(c, 0, 8.0), torch.ones(1, c, 1, 1, 1))
+    with pytest.raises(ValueError, match="last"):
+        channel_weight(c, c + 1, 8.0)

@@ -249,3 +249,14 @@ def test_counterfactual_inputs_on_the_steps_without_other_substitutes(setup):
     assert sorted(swap) == list(range(1, 7))
     assert all(swap[s] == 0 for s in swap if coarse[s]) and any(swap[s] > 0 for s in swap if not coarse[s])
     assert all(v == v and v < 1e3 for v in losses(run_dir).values())
+
+
+def test_track_loss_weight_needs_a_tracked_vae(setup):
+    """``train.track_loss_weight`` on a VAE without track channels (the tiny PCA VAE) stops before training and
+    names the fix."""
+    run_dir = setup / "track_weight"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    r = subprocess.run(cmd(setup, run_dir, 2) + ["train.track_loss_weight=8"], env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0 and "train.track_loss_weight=1" in r.stderr, r.stderr[-2000:]
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())

@@ -28,7 +28,7 @@ from streamgen.distill import (coarse_latents, flow_matching_loss, path_correcti
 # the ones already loaded (session 9: an eval crashed on an eval_suite newer than the world module).
 from streamgen.eval_suite import teacher_eval  # noqa: E402
 from streamgen.model import CausalWanModel  # noqa: E402
-from streamgen.sampler import add_noise, foreground_weight, shift_sigma, stable_seed, timestep, x0_from_flow  # noqa: E402
+from streamgen.sampler import add_noise, channel_weight, foreground_weight, shift_sigma, stable_seed, timestep, x0_from_flow  # noqa: E402
 from streamgen.text import load_text_encoder  # noqa: E402
 from streamgen.trainer import (  # noqa: E402
     EMA, Run, eval_video, init_adaln_zero, optimizer_step, warm_start, warmup_lambda, write_eval)
@@ -84,6 +84,11 @@ def main(argv=None) -> None:
     if tc.coarse_input > 0 and not isinstance(vae, PCAVideoVAE):
         raise ConfigError(f"train.coarse_input needs latent channels in order of variance (a PCA VAE); {cfg.vae_path} "
                           f"holds a {type(vae).__name__}: set train.coarse_input=0")
+    track = getattr(vae, "track_channels", 0)
+    if tc.track_loss_weight != 1.0 and not track:
+        raise ConfigError(f"train.track_loss_weight weighs a tracked VAE's track channels; {cfg.vae_path} holds a "
+                          f"{type(vae).__name__} without them: set train.track_loss_weight=1")
+    chan_w = channel_weight(vae.z_dim, track, tc.track_loss_weight).to(acc.device)
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     if tc.crop and (tc.crop > min(h, w) or tc.crop % cfg.model.patch_size[1] or tc.crop % cfg.model.patch_size[2]):
@@ -144,6 +149,8 @@ def main(argv=None) -> None:
         with acc.autocast():
             pred = model(xt, timestep(sigma), states, None, x0_prev)
         weight = foreground_weight(x0, tc.foreground_boost, dilate=tc.foreground_dilate) if tc.foreground_boost > 0 else None
+        if tc.track_loss_weight != 1.0:
+            weight = chan_w if weight is None else weight * chan_w
         loss = flow_matching_loss(pred, x0, noise, sigma, tc.loss_sigma_floor, weight=weight)
         return {**optimizer_step(acc, loss, model, opt, sched, ema, tc.grad_clip, step), "image": float(image), "crop": float(crop),
                 "self_cond": float(x0_prev is not None), "path": float(path), "coarse": float(coarse), "swap": swapped}
