@@ -35,3 +35,38 @@ def test_distillation_config_names_the_shipped_teacher_and_it_loads():
 def test_assets_fit_the_budget():
     size = sum(p.stat().st_size for p in (ROOT / "assets").rglob("*") if p.is_file())
     assert size < ASSETS_BUDGET_MB * 2**20, f"assets/ is {size / 2**20:.1f} MB (budget {ASSETS_BUDGET_MB} MB)"
+
+
+@torch.no_grad()
+def test_shipped_predictive_teacher_reads_the_direction_word():
+    """assets/teacher_pred's clean estimate from pure noise (sigma 1, the first sampling step) puts the object's
+    track (the predictive VAE's velocity channels, decoded to px/frame) the prompt's way on each axis. A teacher
+    that ignores the direction word (the tracked line before session 18) gives both words of a pair the same sign."""
+    from streamgen.rollout import sample_full
+    from streamgen.sampler import teacher_sigmas
+    from streamgen.text import load_text_encoder
+    from streamgen.toyworld.world import AXIS_MOTIONS
+    from streamgen.vae import load_vae
+
+    src = ROOT / "assets" / "teacher_pred"
+    cfg = load_config([src / "config.yaml"], schema=TeacherRunConfig)
+    model = CausalWanModel(cfg.model).eval()
+    D.load_weights(model, src, "ema")
+    vae = load_vae(ROOT / cfg.vae_path)
+    text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
+    sigmas = teacher_sigmas(cfg.train.eval_steps, cfg.train.timestep_shift)[:2]  # one Euler step from pure noise
+    c, k = vae.colour_channels, vae.basis.shape[0]
+    h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
+    n = 4  # noises per prompt
+    noise = torch.randn(n, vae.z_dim, cfg.train.latent_frames, h, w, generator=torch.Generator().manual_seed(0))
+    for motion, heading in AXIS_MOTIONS.items():
+        ctx = model.encode_context(text.encode([f"a red circle {motion} on a black background"] * n))
+        seen = {}
+        sample_full(model, ctx, None, noise, sigmas, on_step=lambda i, x, x0: seen.setdefault("x0", x0))
+        x0 = seen["x0"]
+        tracks = torch.stack([vae._track(x0[:, c + k :, g : g + 1]) for g in range(1, x0.shape[2])], 1)  # [n, G, 3]
+        v = tracks[..., :2].mean(1)  # [n, (vx, vy)] px/frame
+        along = v @ torch.tensor(heading, dtype=v.dtype)
+        across = v @ torch.tensor(heading[::-1], dtype=v.dtype)
+        assert (along > 0.5).all(), f"{motion}: track {v.tolist()} does not point {heading}"
+        assert (across.abs() < along).all(), f"{motion}: track {v.tolist()} leaves the prompt's axis"

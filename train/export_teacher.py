@@ -78,7 +78,7 @@ def main(argv=None) -> None:
         f"# Toy-world teacher (bidirectional Wan DiT)\n\n"
         f"{n / 1e6:.2f} M parameters ({cfg.model.num_layers} layers, dim {cfg.model.dim}, patch {tuple(cfg.model.patch_size)}), "
         f"trained by flow matching ({cfg.train.timestep_sampling.replace('_', '-')} noise levels, shift {cfg.train.timestep_shift}; "
-        f"{cfg.model.prediction} prediction) on PCA-VAE latents of "
+        f"{cfg.model.prediction} prediction) on {type(vae).__name__} latents (`{cfg.vae_path}`) of "
         f"toy-world clips of {cfg.train.latent_frames} latent frames, conditioned on all-MiniLM-L6-v2 token states "
         f"({cfg.train.caption_dropout:.0%} caption dropout for CFG, {cfg.train.paraphrase_prob:.0%} paraphrased captions, "
         f"held-out (shape, colour, motion) combinations never seen). Training: `python train/teacher.py --config "
