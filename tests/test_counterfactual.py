@@ -56,7 +56,7 @@ def test_a_motion_swap_starts_where_the_clip_starts_and_moves_otherwise():
 def test_swap_input_config_errors_name_the_fix():
     base = ["train.swap_input=0.5"]
     cfg = load_config(["configs/teacher_toy.yaml"], base, schema=TeacherRunConfig)
-    assert cfg.train.swap_attributes == ("motion",)
+    assert cfg.train.swap_attributes == ("shape", "motion")
     with pytest.raises(ConfigError, match="swap_attributes"):
         load_config(["configs/teacher_toy.yaml"], base + ["train.swap_attributes=[colour]"], schema=TeacherRunConfig)
     with pytest.raises(ConfigError, match="crop"):
