@@ -132,8 +132,8 @@ def cmd_generate(args) -> int:
     from tqdm import tqdm
 
     # Ctrl-C and SIGTERM end the run after the chunk in flight: the writer is closed and the mp4 stays playable.
-    # A flag, not KeyboardInterrupt: an exception raised while a finalizer runs is printed and dropped, and the run
-    # went on (seen in tests/test_cli.py). A second signal interrupts at once.
+    # A flag, not KeyboardInterrupt: once in tests/test_cli.py a SIGINT did not stop the run (a KeyboardInterrupt
+    # that lands inside a finalizer is only printed, the likely cause). A second signal interrupts at once.
     stop = threading.Event()
 
     def request_stop(*_):
