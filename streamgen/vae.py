@@ -822,6 +822,12 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         """Track channels ``[B, 3, 1, h, w]`` -> ``[B, 3]`` (their mean: a generator's per-position noise averages out)."""
         return z.mean(dim=(2, 3, 4)) / self.colour_gain * self.track_std + self.track_mean
 
+    def tracks(self, latents: torch.Tensor) -> torch.Tensor:
+        """The decoded track of every later latent frame: ``[B, z, F, h, w]`` -> ``[B, F - 1, 3]`` (velocity x, y in
+        px/frame and size rate, as ``coverage_track``; the first latent frame has none)."""
+        z = latents[:, self.colour_channels + self.basis.shape[0] :]
+        return torch.stack([self._track(z[:, :, g : g + 1]) for g in range(1, z.shape[2])], 1)
+
     def _predict(self, p: Placement, track: torch.Tensor) -> tuple[torch.Tensor, Placement]:
         """One group's coverage frames ``[B, t, H, W]`` moved on from placement ``p`` along ``track``, and the
         placement at its last frame (same keyframe)."""

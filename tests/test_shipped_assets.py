@@ -55,7 +55,6 @@ def test_shipped_predictive_teacher_reads_the_direction_word():
     vae = load_vae(ROOT / cfg.vae_path)
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
     sigmas = teacher_sigmas(cfg.train.eval_steps, cfg.train.timestep_shift)[:2]  # one Euler step from pure noise
-    c, k = vae.colour_channels, vae.basis.shape[0]
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     n = 4  # noises per prompt
     noise = torch.randn(n, vae.z_dim, cfg.train.latent_frames, h, w, generator=torch.Generator().manual_seed(0))
@@ -63,9 +62,7 @@ def test_shipped_predictive_teacher_reads_the_direction_word():
         ctx = model.encode_context(text.encode([f"a red circle {motion} on a black background"] * n))
         seen = {}
         sample_full(model, ctx, None, noise, sigmas, on_step=lambda i, x, x0: seen.setdefault("x0", x0))
-        x0 = seen["x0"]
-        tracks = torch.stack([vae._track(x0[:, c + k :, g : g + 1]) for g in range(1, x0.shape[2])], 1)  # [n, G, 3]
-        v = tracks[..., :2].mean(1)  # [n, (vx, vy)] px/frame
+        v = vae.tracks(seen["x0"])[..., :2].mean(1)  # [n, (vx, vy)] px/frame
         along = v @ torch.tensor(heading, dtype=v.dtype)
         across = v @ torch.tensor(heading[::-1], dtype=v.dtype)
         assert (along > 0.5).all(), f"{motion}: track {v.tolist()} does not point {heading}"
