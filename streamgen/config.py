@@ -154,8 +154,10 @@ class SamplerConfig:
 
 
 SWITCH_MODES = ("recache", "none", "blend")
-# Attributes a counterfactual training input may change (train.swap_attributes, data.counterfactual_track).
-SWAPPABLE = ("shape", "motion")
+# Attributes a counterfactual training input may change (train.swap_attributes, data.counterfactual_track): "bounce"
+# reverses the heading away from a border (data.false_bounce); "count" adds a fainter second copy (data.ghost_copy).
+TRACK_SWAPS = ("shape", "motion", "bounce")
+SWAPPABLE = TRACK_SWAPS + ("count",)
 
 
 @dataclass
@@ -280,6 +282,10 @@ class TrainConfig:
     # prompt (session 12: the teacher copies outline and track from its input, and the prompt never sets them). 0 = off.
     swap_input: float = 0.0
     swap_attributes: tuple[str, ...] = ("shape",)
+    # Change one of ``swap_attributes`` per swapped sample (drawn at random) instead of all of them. Why: with all
+    # changed at once the input is wrong about everything and can be ignored wholesale; with one, the model must
+    # take that attribute from the prompt and keep the others, as a sampler's path is wrong about one thing at a time.
+    swap_one_at_a_time: bool = False
     # Only samples noised to at least this level are swapped. Why: the target stays the real clip, so at low noise a
     # swapped sample asks the model to move an object its input shows clearly elsewhere (loss weighted ~1/sigma^2);
     # that teaches distrust of the input, not reading the prompt (session 17: loss 0.56 -> 2.2 with motion swaps at

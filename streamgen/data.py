@@ -11,12 +11,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import SWAPPABLE
+from .config import SWAPPABLE, TRACK_SWAPS
 from .sampler import foreground_mask
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.render import Track, render_batch, render_track, simulate
-from .toyworld.world import (AXIS_MOTIONS, CANVAS, MOTIONS, SHAPES, STATIC_MOTIONS, TRAIN_COMBOS, ClipSpec, centre_bounds,
-                             max_size, sample_spec)
+from .toyworld.world import (AXIS_MOTIONS, CANVAS, MOTIONS, PALETTE, SHAPES, STATIC_MOTIONS, TRAIN_COMBOS, ClipSpec,
+                             centre_bounds, max_size, sample_spec)
 from .vae import VideoVAE, pixel_frames
 
 
@@ -88,16 +88,24 @@ def encode_frames(vae: VideoVAE, frames: np.ndarray) -> torch.Tensor:
 def counterfactual_track(spec: ClipSpec, num_frames: int, start: int, swap: Sequence[str],
                          rng: np.random.Generator) -> Track:
     """The track of frames ``start .. start + num_frames - 1`` of ``spec``'s clip with each attribute in ``swap``
-    (``SWAPPABLE``) changed to another value (``track.specs`` hold the new attributes).
+    (``TRACK_SWAPS``) changed to another value (``track.specs`` hold the new attributes).
 
     A shape swap keeps the track exactly (place, size, pulse; only the outline differs). A motion swap starts the
     new motion from the clip's first position (same shape, colour, size), so the two clips agree in their first
-    frame and part from there. The swapped (shape, colour, motion) is always a training combination, so no held-out
+    frame and part from there. A bounce swap reverses the heading at a random frame (``false_bounce``). The swapped
+    (shape, colour, motion) is always a training combination, so no held-out
     combination is ever rendered for training. Why: noised, such a clip is an input whose outline or track
     contradicts the caption of the target clip, so only the prompt can say which one to draw."""
-    bad = [a for a in swap if a not in SWAPPABLE]
+    bad = [a for a in swap if a not in TRACK_SWAPS]
     if bad or not swap:
-        raise ValueError(f"swap takes some of {SWAPPABLE}, got {list(swap)}")
+        raise ValueError(f"swap takes some of {TRACK_SWAPS}, got {list(swap)}")
+    looks = [a for a in swap if a != "bounce"]
+    track = _other_look(spec, num_frames, start, looks, rng) if looks else simulate(spec, num_frames, start)[0]
+    return false_bounce(track, rng) if "bounce" in swap else track
+
+
+def _other_look(spec: ClipSpec, num_frames: int, start: int, swap: Sequence[str], rng: np.random.Generator) -> Track:
+    """``counterfactual_track`` for shape and motion."""
     shapes = [v for v in SHAPES if v != spec.shape] if "shape" in swap else [spec.shape]
     motions = [v for v in MOTIONS if v != spec.motion] if "motion" in swap else [spec.motion]
     combos = [(s, m) for s in shapes for m in motions if (s, spec.colour, m) in TRAIN_COMBOS]
@@ -116,12 +124,77 @@ def counterfactual_track(spec: ClipSpec, num_frames: int, start: int, swap: Sequ
     return simulate(other, num_frames, 0)[0]
 
 
+def ghost_copy(frames: np.ndarray, background: Sequence[int], rng: np.random.Generator,
+               alpha: tuple[float, float] = (0.3, 0.8), tries: int = 16) -> np.ndarray:
+    """``frames`` ``[F, H, W, 3]`` uint8 of one clip with a second copy of its object, blended over the backdrop at
+    a strength drawn from ``alpha``, shifted by one random offset (the two move together) to where it overlaps the
+    object in no frame and stays inside the canvas. Returns ``frames`` unchanged if no such place is found.
+
+    Why: the teacher's samples that fail presence mostly hold two copies of the object, decided at high noise
+    (session 20). Trained against the real clip, a fainter extra copy in the input teaches the model to let the
+    weaker of two emerging objects fade instead of drawing both. Fainter, because two equal copies would leave
+    no way to tell which one to keep."""
+    bg = np.asarray(background, dtype=np.float32)
+    mask = np.any(frames != np.asarray(background, dtype=frames.dtype), axis=-1)  # [F, H, W] object pixels
+    if not mask.any():
+        return frames
+    ys, xs = np.nonzero(mask.any(0))
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    _, hh, ww = mask.shape
+    for _ in range(tries):
+        ny, nx = int(rng.integers(0, hh - (y1 - y0) + 1)), int(rng.integers(0, ww - (x1 - x0) + 1))
+        moved = np.zeros_like(mask)
+        moved[:, ny : ny + y1 - y0, nx : nx + x1 - x0] = mask[:, y0:y1, x0:x1]
+        if not (moved & mask).any():
+            break
+    else:
+        return frames
+    src = np.zeros(frames.shape, dtype=np.float32)
+    src[:, ny : ny + y1 - y0, nx : nx + x1 - x0] = frames[:, y0:y1, x0:x1]
+    blend = bg + rng.uniform(*alpha) * (src - bg)
+    return np.where(moved[..., None], blend.round(), frames).astype(np.uint8)
+
+
+def false_bounce(track: Track, rng: np.random.Generator) -> Track:
+    """``track`` with its motion reversed after a random inner frame ``k`` (positions reflected about frame ``k``'s,
+    kept inside the canvas): a bounce where there is no border. Tracks that do not move come back unchanged.
+
+    Why: the teacher's moving objects zig-zag near a border (session 20: "moving down quickly" goes down, up, down,
+    up in 4-frame steps), as if each latent frame decided on its own whether the bounce had happened. Trained
+    against the real clip, an input with a bounce in open space teaches that the heading only turns at a border."""
+    n = len(track)
+    if n < 3:
+        return track
+    k = int(rng.integers(1, n - 1))
+    spec = track.specs[k]
+    x_lo, x_hi, y_lo, y_hi = centre_bounds(spec.shape, max_size(spec.motion, spec.size))
+    x, y = track.x.copy(), track.y.copy()
+    x[k + 1 :], y[k + 1 :] = np.clip(2 * x[k] - x[k + 1 :], x_lo, x_hi), np.clip(2 * y[k] - y[k + 1 :], y_lo, y_hi)
+    hx, hy = track.hx.copy(), track.hy.copy()
+    hx[k:], hy[k:] = -hx[k:], -hy[k:]
+    return replace(track, x=x, y=y, hx=hx, hy=hy)
+
+
+def counterfactual_frames(specs: Sequence[ClipSpec], starts: Sequence[int], num_frames: int, swap: Sequence[str],
+                          rng: np.random.Generator, one_at_a_time: bool = False) -> np.ndarray:
+    """uint8 ``[N, num_frames, H, W, 3]``: frames ``start ..`` of each clip with the attributes in ``swap`` changed
+    (``counterfactual_track`` for shape, motion and bounce, ``ghost_copy`` for count). ``one_at_a_time``: each clip changes
+    one of ``swap``, drawn at random, instead of all."""
+    clips = []
+    for spec, f0 in zip(specs, starts):
+        kinds = [swap[int(rng.integers(len(swap)))]] if one_at_a_time else list(swap)
+        on_track = [k for k in kinds if k in TRACK_SWAPS]
+        track = counterfactual_track(spec, num_frames, f0, on_track, rng) if on_track else simulate(spec, num_frames, f0)[0]
+        frames = render_track(track)
+        clips.append(ghost_copy(frames, PALETTE[spec.background], rng) if "count" in kinds else frames)
+    return np.stack(clips)
+
+
 def counterfactual_latents(vae: VideoVAE, batch: ToyBatch, latent_frames: int, swap: Sequence[str],
-                           rng: np.random.Generator) -> torch.Tensor:
-    """Every clip of ``batch`` rendered along its ``counterfactual_track``, encoded like ``batch.latents``."""
+                           rng: np.random.Generator, one_at_a_time: bool = False) -> torch.Tensor:
+    """``counterfactual_frames`` of every clip of ``batch``, encoded like ``batch.latents``."""
     n = pixel_frames(latent_frames, vae.temporal)
-    frames = np.stack([render_track(counterfactual_track(s, n, f0, swap, rng)) for s, f0 in zip(batch.specs, batch.start)])
-    return encode_frames(vae, frames)
+    return encode_frames(vae, counterfactual_frames(batch.specs, batch.start, n, swap, rng, one_at_a_time))
 
 
 def object_crop(latents: torch.Tensor, size: int, generator: torch.Generator, jitter: int = 1) -> torch.Tensor:

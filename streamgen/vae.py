@@ -16,7 +16,7 @@ map to ``1 + k`` latent frames (the first latent frame holds one pixel frame). P
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -562,6 +562,12 @@ def _fold(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, lo + torch.where(u < span, u, 2 * span - u), p)
 
 
+def _fold_parity(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """+1 where ``_fold`` reflects ``p`` an even number of times (moving the same way as ``p``), -1 where odd."""
+    span = (hi - lo).clamp_min(1e-6)
+    return torch.where(torch.remainder(p - lo, 2 * span) < span, 1.0, -1.0).to(p.dtype)
+
+
 def warp_along_track(last: torch.Tensor, track: torch.Tensor, t: int) -> torch.Tensor:
     """Coverage frames of a group from its last frame ``last [N, H, W]`` and its ``track [N, 3]``
     (``coverage_track``): frame ``j`` is ``last`` moved back by ``t-1-j`` velocities, reflected off the canvas
@@ -682,26 +688,31 @@ class TrackedLayeredVAE(LayeredVAE):
 @dataclass
 class Placement:
     """Where a stream decoder's keyframe outline is: ``template [B, H, W]`` (a decoded coverage frame), its box centre
-    ``anchor [B, 2]`` and half extents ``half [B, 2]`` (x, y), and the current box centre ``centre [B, 2]`` and scale
-    ``scale [B]``. Every predicted frame is one warp of the template (no blur or erosion builds up over a stream)."""
+    ``anchor [B, 2]`` and half extents ``half [B, 2]`` (x, y), the current box centre ``centre [B, 2]`` and scale
+    ``scale [B]``, and ``heading [B, 2]``: per axis +1, or -1 after an odd number of bounces (the sign that turns an
+    unfolded track into the velocity on the canvas). Every predicted frame is one warp of the template (no blur or
+    erosion builds up over a stream)."""
 
     template: torch.Tensor
     anchor: torch.Tensor
     half: torch.Tensor
     centre: torch.Tensor
     scale: torch.Tensor
+    heading: torch.Tensor
 
     @classmethod
-    def of(cls, coverage: torch.Tensor) -> "Placement":
-        """A placement whose template is ``coverage [B, H, W]`` where it stands."""
+    def of(cls, coverage: torch.Tensor, heading: torch.Tensor | None = None) -> "Placement":
+        """A placement whose template is ``coverage [B, H, W]`` where it stands (``heading`` default: +1)."""
         (cx, ex), (cy, ey) = _box_centre(coverage, -1), _box_centre(coverage, -2)
         anchor = torch.stack([cx, cy], -1)
-        return cls(coverage, anchor, torch.stack([ex, ey], -1) / 2, anchor.clone(), coverage.new_ones(coverage.shape[0]))
+        heading = coverage.new_ones(coverage.shape[0], 2) if heading is None else heading
+        return cls(coverage, anchor, torch.stack([ex, ey], -1) / 2, anchor.clone(), coverage.new_ones(coverage.shape[0]),
+                   heading)
 
     def where(self, keep: torch.Tensor, other: "Placement") -> "Placement":
         """Per batch element: this placement where ``keep [B]`` is true, else ``other``'s."""
         pick = lambda a, b: torch.where(keep.view(-1, *(1,) * (a.ndim - 1)), a, b)  # noqa: E731
-        return Placement(*(pick(getattr(self, f), getattr(other, f)) for f in ("template", "anchor", "half", "centre", "scale")))
+        return Placement(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
 
 def place_template(p: Placement, centres: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -779,20 +790,28 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
     outline in every later frame follow from the first frame and the tracks alone (residuals zeroed: every attribute
     kept over a minute), and direction and speed are constant fields, like the colours the teacher reads perfectly.
     Moving the previous decoded frame instead of a keyframe eroded a star's points within 10 s.
+
+    ``unfolded_tracks``: the track holds the velocity of the *unfolded* path (the decoder's ``Placement.heading``
+    turns it into the velocity on the canvas), so a bounce leaves the track as it was. Why (session 20): with the
+    canvas velocity, the group after a bounce must flip its track's sign, which only a model that knows where the
+    decoder's object is can do; the teacher kept the caption's sign and the decoder bounced the object again, so
+    objects near a border zig-zagged every 4 frames. Unfolded, "moving down" is the same track in every group.
     """
 
     config_type = "layered_predictive"
 
-    def __init__(self, z_dim: int = 64, scale_power: float = 0.5, colour_gain: float = 2.0, refresh: float = 0.1):
+    def __init__(self, z_dim: int = 64, scale_power: float = 0.5, colour_gain: float = 2.0, refresh: float = 0.1,
+                 unfolded_tracks: bool = False):
         super().__init__(z_dim, scale_power, colour_gain)
-        self.refresh = refresh
+        self.refresh, self.unfolded_tracks = refresh, unfolded_tracks
 
     def _config(self) -> dict:
-        return {**super()._config(), "refresh": self.refresh}
+        return {**super()._config(), "refresh": self.refresh, "unfolded_tracks": self.unfolded_tracks}
 
     @classmethod
     def _from_config(cls, cfg: dict) -> "PredictiveTrackedVAE":
-        return cls(cfg["z_dim"], cfg["scale_power"], cfg["colour_gain"], cfg.get("refresh", 0.1))
+        return cls(cfg["z_dim"], cfg["scale_power"], cfg["colour_gain"], cfg.get("refresh", 0.1),
+                   cfg.get("unfolded_tracks", False))
 
     @classmethod
     def from_tracked(cls, tracked: TrackedLayeredVAE, clips: torch.Tensor, refresh: float = 0.1) -> "PredictiveTrackedVAE":
@@ -824,16 +843,26 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
 
     def tracks(self, latents: torch.Tensor) -> torch.Tensor:
         """The decoded track of every later latent frame: ``[B, z, F, h, w]`` -> ``[B, F - 1, 3]`` (velocity x, y in
-        px/frame and size rate, as ``coverage_track``; the first latent frame has none)."""
+        px/frame, of the unfolded path with ``unfolded_tracks``, and size rate, as ``coverage_track``; the first
+        latent frame has none)."""
         z = latents[:, self.colour_channels + self.basis.shape[0] :]
         return torch.stack([self._track(z[:, :, g : g + 1]) for g in range(1, z.shape[2])], 1)
 
+    def _canvas_track(self, p: Placement, track: torch.Tensor) -> torch.Tensor:
+        """A latent's track ``[B, 3]`` as the velocity on the canvas after ``p`` (its own inverse: heading is +-1)."""
+        if not self.unfolded_tracks:
+            return track
+        return torch.cat([track[:, :2] * p.heading, track[:, 2:]], -1)
+
     def _predict(self, p: Placement, track: torch.Tensor) -> tuple[torch.Tensor, Placement]:
-        """One group's coverage frames ``[B, t, H, W]`` moved on from placement ``p`` along ``track``, and the
-        placement at its last frame (same keyframe)."""
+        """One group's coverage frames ``[B, t, H, W]`` moved on from placement ``p`` along the canvas velocity
+        ``track``, and the placement at its last frame (same keyframe; heading flipped per axis by its bounces)."""
         h, w = p.template.shape[-2:]
         centres, scales = track_path(p, track, self.temporal, (w, h))
-        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1])
+        half = p.half * scales[:, -1:]
+        size = torch.tensor((w, h), dtype=track.dtype)
+        bounced = _fold_parity(p.centre + self.temporal * track[:, :2], half, size - half)
+        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1], p.heading * bounced)
         return place_template(p, centres, scales).clamp(0, 1), moved
 
     def _correct(self, frames: torch.Tensor, moved: Placement, zr: torch.Tensor) -> tuple[torch.Tensor, Placement]:
@@ -842,7 +871,7 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         r = self._residual(zr)
         last = (frames[:, -1] + r).clamp(0, 1)
         redrawn = (r.abs() > 0.5).sum(dim=(1, 2)) > self.refresh * (moved.template > 0.5).sum(dim=(1, 2)).clamp_min(1)
-        return torch.cat([frames[:, :-1], last[:, None]], 1), moved.where(~redrawn, Placement.of(last))
+        return torch.cat([frames[:, :-1], last[:, None]], 1), moved.where(~redrawn, Placement.of(last, moved.heading))
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -859,9 +888,10 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
             track = fit_track(p, frames)
             predicted, moved = self._predict(p, track)
             zr = self._residual_latent(frames[:, -1] - predicted[:, -1])
-            p = self._correct(predicted, moved, zr)[1]
+            p_next = self._correct(predicted, moved, zr)[1]
             colours = [self._colour_latent(x[:, :, g // t : g // t + 1], h, w) for x in (bg, fg)]
-            parts.append(torch.cat([*colours, zr, self._track_latent(track, h, w)], 1))
+            parts.append(torch.cat([*colours, zr, self._track_latent(self._canvas_track(p, track), h, w)], 1))
+            p = p_next
         return torch.cat(parts, dim=2)
 
     def stream_decoder(self) -> StreamDecoder:
@@ -876,7 +906,7 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
             cov = self._coverage(z[:, c : c + k], 1, True).clamp(0, 1)[:, 0]  # [B, 1, H, W]
             p = Placement.of(cov[:, 0])
         else:
-            cov, p = self._correct(*self._predict(p, self._track(z[:, c + k :])), z[:, c : c + k])
+            cov, p = self._correct(*self._predict(p, self._canvas_track(p, self._track(z[:, c + k :]))), z[:, c : c + k])
         return bg + (fg - bg) * cov[:, None], p
 
 

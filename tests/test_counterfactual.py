@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from streamgen.config import ConfigError, TeacherRunConfig, load_config
-from streamgen.data import counterfactual_track
+from streamgen.data import counterfactual_frames, counterfactual_track, ghost_copy
 from streamgen.toyworld.detector import detect_frames
 from streamgen.toyworld.evaluate import evaluate_clip
 from streamgen.toyworld.render import render_track, simulate
-from streamgen.toyworld.world import SHAPES, TRAIN_COMBOS, sample_spec
+from streamgen.toyworld.world import CANVAS, PALETTE, SHAPES, TRAIN_COMBOS, sample_spec
 
 FRAMES = 13
 
@@ -59,6 +59,9 @@ def test_swap_input_config_errors_name_the_fix():
     assert cfg.train.swap_attributes == ("shape", "motion")
     with pytest.raises(ConfigError, match="swap_attributes"):
         load_config(["configs/teacher_toy.yaml"], base + ["train.swap_attributes=[colour]"], schema=TeacherRunConfig)
+    cfg = load_config(["configs/teacher_toy.yaml"], base + ["train.swap_attributes=[shape, count]",
+                                                            "train.swap_one_at_a_time=true"], schema=TeacherRunConfig)
+    assert cfg.train.swap_attributes == ("shape", "count") and cfg.train.swap_one_at_a_time
     with pytest.raises(ConfigError, match="crop"):
         load_config(["configs/teacher_toy.yaml"], base + ["train.crop=8", "train.crop_every=2"], schema=TeacherRunConfig)
     with pytest.raises(ConfigError, match="swap_input"):
@@ -67,3 +70,84 @@ def test_swap_input_config_errors_name_the_fix():
         load_config(["configs/teacher_toy.yaml"], base + ["train.swap_sigma_min=1.0"], schema=TeacherRunConfig)
     with pytest.raises(ConfigError, match="track_loss_weight"):
         load_config(["configs/teacher_toy.yaml"], ["train.track_loss_weight=0"], schema=TeacherRunConfig)
+
+
+def test_a_count_swap_adds_one_fainter_copy_that_moves_with_the_object():
+    specs, rng = _specs(24, seed=2)
+    placed = 0
+    for spec in specs:
+        frames = render_track(simulate(spec, FRAMES, int(rng.integers(0, 64)))[0])
+        bg = np.array(PALETTE[spec.background], dtype=np.uint8)
+        ghost = ghost_copy(frames, bg, rng)
+        obj = np.any(frames != bg, axis=-1)
+        changed = np.any(ghost != frames, axis=-1)
+        if not changed.any():
+            continue
+        placed += 1
+        assert not (changed & obj).any()  # the object itself is untouched
+        # every frame's change is that frame's object moved by one offset, for the whole clip
+        offsets = set()
+        for t in range(FRAMES):
+            ys, xs = np.nonzero(obj[t])
+            cy, cx = np.nonzero(changed[t])
+            assert len(cy) == len(ys)
+            offsets.add((cy.min() - ys.min(), cx.min() - xs.min()))
+        assert len(offsets) == 1
+        # fainter: between the backdrop and the object's colour, strictly
+        d_obj = np.abs(frames[obj].astype(int) - bg.astype(int)).sum(-1).mean()
+        d_ghost = np.abs(ghost[changed].astype(int) - bg.astype(int)).sum(-1).mean()
+        assert 0.2 * d_obj < d_ghost < 0.9 * d_obj
+    assert placed >= 0.75 * len(specs)
+    # a strong copy is a second object to the detector: presence (exactly one object) fails
+    spec = specs[0]
+    frames = render_track(simulate(spec, FRAMES, 0)[0])
+    strong = ghost_copy(frames, PALETTE[spec.background], np.random.default_rng(0), alpha=(0.9, 0.9))
+    assert detect_frames(frames).present.mean() == 1.0 and detect_frames(strong).present.mean() < 0.2
+
+
+def test_one_at_a_time_changes_exactly_one_attribute_per_clip():
+    specs, rng = _specs(40, seed=3)
+    starts = [0] * len(specs)
+    cf = counterfactual_frames(specs, starts, FRAMES, ["shape", "motion"], np.random.default_rng(4), one_at_a_time=True)
+    both = counterfactual_frames(specs, starts, FRAMES, ["shape", "motion"], np.random.default_rng(4))
+    assert cf.shape == (len(specs), FRAMES, CANVAS, CANVAS, 3)
+    wrong_one = [_wrong(clip, spec) for clip, spec in zip(cf, specs)]
+    wrong_all = [_wrong(clip, spec) for clip, spec in zip(both, specs)]
+    assert sum(w == 1 for w in wrong_one) >= 0.8 * len(specs)
+    assert sum(w == 2 for w in wrong_all) >= 0.8 * len(specs)
+    assert {"shape", "motion"} <= set().union(*(_wrong_names(c, s) for c, s in zip(cf, specs)))
+
+
+def _wrong_names(clip, spec):
+    acc = evaluate_clip(clip, spec).accuracy
+    return {name for name in ("shape", "motion") if getattr(acc, name) < 0.5}
+
+
+def _wrong(clip, spec):
+    return len(_wrong_names(clip, spec))
+
+
+def test_a_bounce_swap_turns_the_object_back_away_from_the_border():
+    specs, rng = _specs(40, seed=5)
+    turned = 0
+    for spec in specs:
+        start = int(rng.integers(0, 64))
+        real, _ = simulate(spec, FRAMES, start)
+        cf = counterfactual_track(spec, FRAMES, start, ["bounce"], rng)
+        assert cf.specs == real.specs
+        moves = np.abs(np.diff(real.x)).max() + np.abs(np.diff(real.y)).max() > 0.1
+        if not moves:
+            np.testing.assert_array_equal(cf.x, real.x)
+            np.testing.assert_array_equal(cf.y, real.y)
+            continue
+        k = int(np.argmax((np.abs(cf.x - real.x) + np.abs(cf.y - real.y)) > 1e-9)) - 1  # last shared frame
+        assert 1 <= k <= FRAMES - 2
+        np.testing.assert_array_equal(cf.x[: k + 1], real.x[: k + 1])
+        # the detector sees the centroid come back: after frame k it moves against its motion before k
+        det = detect_frames(render_track(cf))
+        before = np.array([det.cx[k] - det.cx[0], det.cy[k] - det.cy[0]])
+        after = np.array([det.cx[-1] - det.cx[k], det.cy[-1] - det.cy[k]])
+        if np.abs(before).max() > 3 and np.abs(after).max() > 3 and np.abs(np.diff(real.x)).max() < 8:
+            turned += 1
+            assert before @ after < 0 or (real.hx[0] != real.hx[-1] or real.hy[0] != real.hy[-1])
+    assert turned >= 5

@@ -237,12 +237,14 @@ def test_path_correction_on_image_steps_only(setup):
 
 def test_counterfactual_inputs_on_the_steps_without_other_substitutes(setup):
     """``train.swap_input``: captioned samples of steps without path correction or coarse input are noised from
-    their clip with another shape and motion (tests/test_counterfactual.py checks the renders)."""
+    their clip with another shape, motion, a false bounce or a second copy, one per sample (tests/test_counterfactual.py checks the
+    renders)."""
     run_dir = setup / "swap"
     shutil.rmtree(run_dir, ignore_errors=True)
     r = subprocess.run(cmd(setup, run_dir, 6) + ["train.path_correction=0", "train.crop=0", "train.crop_every=0",
                                                  "train.coarse_input=0.5", "train.swap_input=1.0",
-                                                 "train.swap_attributes=[shape, motion]"],
+                                                 "train.swap_attributes=[shape, motion, bounce, count]",
+                                                 "train.swap_one_at_a_time=true"],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     swap, coarse = flags(run_dir, "swap"), flags(run_dir, "coarse")

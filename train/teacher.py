@@ -139,7 +139,7 @@ def main(argv=None) -> None:
             if len(idx):
                 sub = dataclasses.replace(batch, specs=[batch.specs[i] for i in idx], start=[batch.start[i] for i in idx])
                 rng = np.random.default_rng(stable_seed(tc.seed, step, run.rank, 2))
-                x_cf = counterfactual_latents(vae, sub, frames, tc.swap_attributes, rng)
+                x_cf = counterfactual_latents(vae, sub, frames, tc.swap_attributes, rng, tc.swap_one_at_a_time)
                 xt[idx], noise[idx] = substituted_input(x0[idx], x_cf.to(x0), noise[idx], sigma[idx])
             swapped = len(idx) / x0.shape[0]
         x0_prev = None
