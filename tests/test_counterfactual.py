@@ -18,12 +18,16 @@ def _specs(n, seed=0):
     return [sample_spec(rng) for _ in range(n)], rng
 
 
-def test_a_shape_swap_keeps_the_track_and_draws_another_training_shape():
-    specs, rng = _specs(24)
+def _swapped(n, seed, swap):
+    """``(spec, real track, counterfactual track)`` of ``n`` random clips cut at random phases."""
+    specs, rng = _specs(n, seed)
     for spec in specs:
         start = int(rng.integers(0, 64))
-        real, _ = simulate(spec, FRAMES, start)
-        cf = counterfactual_track(spec, FRAMES, start, ["shape"], rng)
+        yield spec, simulate(spec, FRAMES, start)[0], counterfactual_track(spec, FRAMES, start, swap, rng)
+
+
+def test_a_shape_swap_keeps_the_track_and_draws_another_training_shape():
+    for spec, real, cf in _swapped(24, 0, ["shape"]):
         other = cf.specs[0]
         assert other.shape != spec.shape and (other.shape, spec.colour, spec.motion) in TRAIN_COMBOS
         assert (other.colour, other.background, other.motion) == (spec.colour, spec.background, spec.motion)
@@ -38,25 +42,21 @@ def test_a_shape_swap_keeps_the_track_and_draws_another_training_shape():
 
 
 def test_a_motion_swap_starts_where_the_clip_starts_and_moves_otherwise():
-    specs, rng = _specs(40, seed=1)
     moved = 0
-    for spec in specs:
-        start = int(rng.integers(0, 64))
-        real, _ = simulate(spec, FRAMES, start)
-        cf = counterfactual_track(spec, FRAMES, start, ["motion"], rng)
+    for spec, real, cf in _swapped(40, 1, ["motion"]):
         other = cf.specs[0]
         assert other.motion != spec.motion and (spec.shape, spec.colour, other.motion) in TRAIN_COMBOS
         assert abs(cf.x[0] - real.x[0]) <= 0.3 * spec.size and abs(cf.y[0] - real.y[0]) <= 0.3 * spec.size
         # the detector reads the counterfactual's own motion, not the original's
         ev = evaluate_clip(render_track(cf), other)
         moved += ev.accuracy.motion == 1.0
-    assert moved >= 0.85 * len(specs)
+    assert moved >= 0.85 * 40
 
 
 def test_swap_input_config_errors_name_the_fix():
     base = ["train.swap_input=0.5"]
     cfg = load_config(["configs/teacher_toy.yaml"], base, schema=TeacherRunConfig)
-    assert cfg.train.swap_attributes == ("shape", "motion")
+    assert cfg.train.swap_attributes == ("shape", "motion", "bounce", "count") and cfg.train.swap_one_at_a_time
     with pytest.raises(ConfigError, match="swap_attributes"):
         load_config(["configs/teacher_toy.yaml"], base + ["train.swap_attributes=[colour]"], schema=TeacherRunConfig)
     cfg = load_config(["configs/teacher_toy.yaml"], base + ["train.swap_attributes=[shape, count]",
@@ -128,12 +128,8 @@ def _wrong(clip, spec):
 
 
 def test_a_bounce_swap_turns_the_object_back_away_from_the_border():
-    specs, rng = _specs(40, seed=5)
     turned = 0
-    for spec in specs:
-        start = int(rng.integers(0, 64))
-        real, _ = simulate(spec, FRAMES, start)
-        cf = counterfactual_track(spec, FRAMES, start, ["bounce"], rng)
+    for spec, real, cf in _swapped(40, 5, ["bounce"]):
         assert cf.specs == real.specs
         moves = np.abs(np.diff(real.x)).max() + np.abs(np.diff(real.y)).max() > 0.1
         if not moves:
