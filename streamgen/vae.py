@@ -563,9 +563,11 @@ def _fold(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 
 def _fold_parity(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """+1 where ``_fold`` reflects ``p`` an even number of times (moving the same way as ``p``), -1 where odd."""
-    span = (hi - lo).clamp_min(1e-6)
-    return torch.where(torch.remainder(p - lo, 2 * span) < span, 1.0, -1.0).to(p.dtype)
+    """+1 where ``_fold`` reflects ``p`` an even number of times (moving the same way as ``p``), -1 where odd;
+    +1 where ``hi <= lo`` (``_fold`` leaves ``p`` as it is)."""
+    span = hi - lo
+    odd = torch.remainder(p - lo, 2 * span.clamp_min(1e-6)) >= span
+    return torch.where((span > 0) & odd, -1.0, 1.0).to(p.dtype)
 
 
 def warp_along_track(last: torch.Tensor, track: torch.Tensor, t: int) -> torch.Tensor:
