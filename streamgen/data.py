@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import SWAPPABLE, TRACK_SWAPS
+from .config import TRACK_SWAPS
 from .sampler import foreground_mask
 from .toyworld.captions import canonical_caption, paraphrase
 from .toyworld.render import Track, render_batch, render_track, simulate
@@ -93,9 +93,9 @@ def counterfactual_track(spec: ClipSpec, num_frames: int, start: int, swap: Sequ
     A shape swap keeps the track exactly (place, size, pulse; only the outline differs). A motion swap starts the
     new motion from the clip's first position (same shape, colour, size), so the two clips agree in their first
     frame and part from there. A bounce swap reverses the heading at a random frame (``false_bounce``). The swapped
-    (shape, colour, motion) is always a training combination, so no held-out
-    combination is ever rendered for training. Why: noised, such a clip is an input whose outline or track
-    contradicts the caption of the target clip, so only the prompt can say which one to draw."""
+    (shape, colour, motion) is always a training combination, so no held-out combination is ever rendered for
+    training. Why: noised, such a clip is an input whose outline or track contradicts the caption of the target
+    clip, so only the prompt can say which one to draw."""
     bad = [a for a in swap if a not in TRACK_SWAPS]
     if bad or not swap:
         raise ValueError(f"swap takes some of {TRACK_SWAPS}, got {list(swap)}")

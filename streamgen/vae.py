@@ -734,17 +734,20 @@ def place_template(p: Placement, centres: torch.Tensor, scales: torch.Tensor) ->
     return out.reshape(b, t, h, w)
 
 
-def track_path(p: Placement, track: torch.Tensor, t: int, canvas: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def track_path(p: Placement, track: torch.Tensor, t: int, canvas: tuple[int, int]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Box centres ``[B, t, 2]`` and scales ``[B, t]`` of the ``t`` frames after placement ``p`` along ``track [B, 3]``
     (velocity x, y in px/frame just after ``p``, size rate per frame): frame ``j`` (1..t) at ``centre + j * v``
     reflected off the borders (the scaled box stays inside the canvas: the world's elastic bounces), scale
-    ``scale * (1 + j * rate)``."""
+    ``scale * (1 + j * rate)``; and the heading after the last frame ``[B, 2]`` (``p.heading`` flipped per axis by
+    the path's bounces)."""
     j = torch.arange(1, t + 1, dtype=track.dtype)
     scales = (p.scale[:, None] * (1 + j * track[:, 2:3])).clamp(0.25, 4.0)
     half = p.half[:, None] * scales[..., None]  # [B, t, 2]
     size = torch.tensor(canvas, dtype=track.dtype)
-    centres = _fold(p.centre[:, None] + j[:, None] * track[:, None, :2], half, size - half)
-    return centres, scales
+    unfolded = p.centre[:, None] + j[:, None] * track[:, None, :2]
+    heading = p.heading * _fold_parity(unfolded[:, -1], half[:, -1], size - half[:, -1])
+    return _fold(unfolded, half, size - half), scales, heading
 
 
 def fit_track(p: Placement, frames: torch.Tensor, min_mass: float = 1.0, max_speed: float = 6.0,
@@ -860,11 +863,8 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         """One group's coverage frames ``[B, t, H, W]`` moved on from placement ``p`` along the canvas velocity
         ``track``, and the placement at its last frame (same keyframe; heading flipped per axis by its bounces)."""
         h, w = p.template.shape[-2:]
-        centres, scales = track_path(p, track, self.temporal, (w, h))
-        half = p.half * scales[:, -1:]
-        size = torch.tensor((w, h), dtype=track.dtype)
-        bounced = _fold_parity(p.centre + self.temporal * track[:, :2], half, size - half)
-        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1], p.heading * bounced)
+        centres, scales, heading = track_path(p, track, self.temporal, (w, h))
+        moved = Placement(p.template, p.anchor, p.half, centres[:, -1], scales[:, -1], heading)
         return place_template(p, centres, scales).clamp(0, 1), moved
 
     def _correct(self, frames: torch.Tensor, moved: Placement, zr: torch.Tensor) -> tuple[torch.Tensor, Placement]:
@@ -888,12 +888,12 @@ class PredictiveTrackedVAE(TrackedLayeredVAE):
         for g in range(1, video.shape[2], t):
             frames = alpha[:, g : g + t]
             track = fit_track(p, frames)
+            zt = self._track_latent(self._canvas_track(p, track), h, w)  # stored as seen from p (before it moves)
             predicted, moved = self._predict(p, track)
             zr = self._residual_latent(frames[:, -1] - predicted[:, -1])
-            p_next = self._correct(predicted, moved, zr)[1]
+            p = self._correct(predicted, moved, zr)[1]
             colours = [self._colour_latent(x[:, :, g // t : g // t + 1], h, w) for x in (bg, fg)]
-            parts.append(torch.cat([*colours, zr, self._track_latent(self._canvas_track(p, track), h, w)], 1))
-            p = p_next
+            parts.append(torch.cat([*colours, zr, zt], 1))
         return torch.cat(parts, dim=2)
 
     def stream_decoder(self) -> StreamDecoder:
