@@ -69,3 +69,28 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module]) -> di
         module.load_state_dict(load_file(str(f)), strict=True)
     state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     return state
+
+
+def average_weights(paths: list[str | Path], module: str = "ema") -> dict[str, torch.Tensor]:
+    """The uniform mean of ``module``'s weights in several checkpoint directories (float32).
+
+    A weight average of branches fine-tuned from one parent ("model soup", Wortsman et al. 2022) can keep what each
+    branch learnt: the models stay in one basin, so the mean is a model of its own, not a blur of two.
+    Raises ValueError naming the first key whose presence or shape differs (checkpoints of different models)."""
+    if not paths:
+        raise ValueError("average_weights needs at least one checkpoint directory")
+    states = []
+    for p in paths:
+        f = Path(p) / f"{module}.safetensors"
+        if not f.is_file():
+            raise FileNotFoundError(f"{p} has no {f.name}: pass checkpoint directories (RUN/checkpoints/step_N)")
+        states.append(load_file(str(f)))
+    first = states[0]
+    for p, s in zip(paths[1:], states[1:]):
+        for k in sorted(set(first) ^ set(s)):
+            raise ValueError(f"{p} and {paths[0]} hold different models: {k!r} is in only one of them")
+        for k in first:
+            if s[k].shape != first[k].shape:
+                raise ValueError(f"{p} and {paths[0]} hold different models: {k!r} is {tuple(s[k].shape)} "
+                                 f"in one and {tuple(first[k].shape)} in the other")
+    return {k: sum(s[k].float() for s in states) / len(states) for k in first}

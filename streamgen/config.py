@@ -13,6 +13,8 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from .toyworld.world import MOTIONS
+
 VAE_SPATIAL = 8  # pixels per latent position in each direction (the Wan VAE's compression, and ours)
 
 
@@ -286,6 +288,10 @@ class TrainConfig:
     # changed at once the input is wrong about everything and can be ignored wholesale; with one, the model must
     # take that attribute from the prompt and keep the others, as a sampler's path is wrong about one thing at a time.
     swap_one_at_a_time: bool = False
+    # Relative weight of each motion's clips in the training data (a motion not named weighs 1; empty = every
+    # (shape, colour, motion) combination equally often), e.g. ``"train.motion_weights={bouncing diagonally: 2}"``.
+    # Why: the hardest motion (a diagonal: the heading is the model's choice on both axes) gets more practice.
+    motion_weights: dict[str, float] = field(default_factory=dict)
     # Only samples noised to at least this level are swapped. Why: the target stays the real clip, so at low noise a
     # swapped sample asks the model to move an object its input shows clearly elsewhere (loss weighted ~1/sigma^2);
     # that teaches distrust of the input, not reading the prompt (session 17: loss 0.56 -> 2.2 with motion swaps at
@@ -336,6 +342,11 @@ class TrainConfig:
         bad = [a for a in self.swap_attributes if a not in SWAPPABLE]
         if bad or not self.swap_attributes:
             raise ConfigError(f"train.swap_attributes takes some of {list(SWAPPABLE)}, got {list(self.swap_attributes)}")
+        bad = sorted(set(self.motion_weights) - set(MOTIONS))
+        if bad or any(w < 0 for w in self.motion_weights.values()) or (
+                self.motion_weights and sum(self.motion_weights.get(m, 1.0) for m in MOTIONS) <= 0):
+            raise ConfigError(f"train.motion_weights maps some of {list(MOTIONS)} to weights >= 0 (not all 0), "
+                              f"got {dict(self.motion_weights)}")
         if self.swap_input > 0 and self.crop > 0:
             raise ConfigError("train.swap_input does not combine with object crops yet (the crop of the re-rendered "
                               "clip would be taken elsewhere): set train.crop=0 and train.crop_every=0, or swap_input=0")

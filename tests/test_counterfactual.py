@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from streamgen.config import ConfigError, TeacherRunConfig, load_config
-from streamgen.data import counterfactual_frames, counterfactual_track, ghost_copy
+from streamgen.data import counterfactual_frames, counterfactual_track, ghost_copy, swap_kinds
 from streamgen.toyworld.detector import detect_frames
 from streamgen.toyworld.evaluate import evaluate_clip
 from streamgen.toyworld.render import render_track, simulate
-from streamgen.toyworld.world import CANVAS, PALETTE, SHAPES, TRAIN_COMBOS, sample_spec
+from streamgen.toyworld.world import CANVAS, DIAGONAL, MOTIONS, PALETTE, SHAPES, TRAIN_COMBOS, sample_spec
 
 FRAMES = 13
 
@@ -112,9 +112,11 @@ def test_one_at_a_time_changes_exactly_one_attribute_per_clip():
     both = counterfactual_frames(specs, starts, FRAMES, ["shape", "motion"], np.random.default_rng(4))
     assert cf.shape == (len(specs), FRAMES, CANVAS, CANVAS, 3)
     wrong_one = [_wrong(clip, spec) for clip, spec in zip(cf, specs)]
-    wrong_all = [_wrong(clip, spec) for clip, spec in zip(both, specs)]
+    # all at once: both attributes wrong, except on diagonal clips, which never get a motion swap (swap_kinds)
+    wrong_all = [_wrong(clip, spec) for clip, spec in zip(both, specs) if spec.motion != DIAGONAL]
     assert sum(w == 1 for w in wrong_one) >= 0.8 * len(specs)
-    assert sum(w == 2 for w in wrong_all) >= 0.8 * len(specs)
+    assert sum(w == 2 for w in wrong_all) >= 0.8 * len(wrong_all) and len(wrong_all) >= 20
+    assert all(_wrong_names(clip, spec) <= {"shape"} for clip, spec in zip(both, specs) if spec.motion == DIAGONAL)
     assert {"shape", "motion"} <= set().union(*(_wrong_names(c, s) for c, s in zip(cf, specs)))
 
 
@@ -147,3 +149,37 @@ def test_a_bounce_swap_turns_the_object_back_away_from_the_border():
             turned += 1
             assert before @ after < 0 or (real.hx[0] != real.hx[-1] or real.hy[0] != real.hy[-1])
     assert turned >= 5
+
+
+def test_a_diagonal_clip_is_never_motion_swapped():
+    """A motion swap of a diagonal clip would leave at least one axis's heading to chance (``data.swap_kinds``):
+    the diagonal clips come back as they were with ``[motion]``, and get only the other change with one at a time;
+    the other clips still get their motion changed."""
+    rng = np.random.default_rng(11)
+    specs = [sample_spec(rng, motion_weights={"bouncing diagonally": 1.0, **{m: 0.3 for m in MOTIONS if m != DIAGONAL}})
+             for _ in range(24)]
+    diag = [s.motion == DIAGONAL for s in specs]
+    assert 4 <= sum(diag) <= 20
+    assert swap_kinds(specs[diag.index(True)], ["shape", "motion", "count"]) == ["shape", "count"]
+    assert swap_kinds(specs[diag.index(False)], ["shape", "motion"]) == ["shape", "motion"]
+    starts = [int(v) for v in rng.integers(0, 64, len(specs))]
+    real = np.stack([render_track(simulate(s, FRAMES, f0)[0]) for s, f0 in zip(specs, starts)])
+    motion = counterfactual_frames(specs, starts, FRAMES, ["motion"], np.random.default_rng(12))
+    one = counterfactual_frames(specs, starts, FRAMES, ["shape", "motion"], np.random.default_rng(13), one_at_a_time=True)
+    for i, spec in enumerate(specs):
+        if diag[i]:
+            np.testing.assert_array_equal(motion[i], real[i])
+            assert _wrong_names(one[i], spec) <= {"shape"}
+            # same track: the centroid of another outline on it stays within a few pixels of the real one
+            d_one, d_real = detect_frames(one[i]), detect_frames(real[i])
+            assert np.abs(d_one.cx - d_real.cx).max() < 4 and np.abs(d_one.cy - d_real.cy).max() < 4
+    changed = [not np.array_equal(motion[i], real[i]) for i in range(len(specs)) if not diag[i]]
+    assert sum(changed) >= 0.8 * len(changed)
+
+
+def test_motion_weights_config_errors_name_the_fix():
+    cfg = load_config([], ["train.motion_weights={bouncing diagonally: 2}"], schema=TeacherRunConfig)
+    assert cfg.train.motion_weights == {"bouncing diagonally": 2.0}
+    for bad in ("{diagonal: 2}", "{still: -1}"):
+        with pytest.raises(ConfigError, match="train.motion_weights maps some of"):
+            load_config([], [f"train.motion_weights={bad}"], schema=TeacherRunConfig)

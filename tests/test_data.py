@@ -42,3 +42,6 @@ def test_toy_batch_returns_the_specs_and_starts_it_rendered():
     frames = np.stack([render_batch([s], 5, start_frame=f0)[0] for s, f0 in zip(batch.specs, batch.start)])
     torch.testing.assert_close(encode_frames(vae, frames), batch.latents)
     assert all(s.motion in c for s, c in zip(batch.specs, batch.captions))
+    # the trainer's motion_weights reach the draw: weight only on diagonals, and every clip is one
+    diag = toy_batch(vae, 6, 2, seed=5, step=11, motion_weights={m: 0.0 for m in AXIS_MOTIONS} | {"still": 0.0, "pulsing": 0.0})
+    assert {s.motion for s in diag.specs} == {"bouncing diagonally"}

@@ -1,6 +1,7 @@
 """Renderer, physics and spec sampling of the toy world (checked against the physics,
 not against stored outputs)."""
 
+import collections
 import itertools
 
 import numpy as np
@@ -253,3 +254,26 @@ def test_invalid_specs_raise(kwargs):
     base.update(kwargs)
     with pytest.raises(ValueError):
         ClipSpec(**base)
+
+
+def test_motion_weights_set_how_often_each_motion_is_drawn():
+    n = 7000
+    plain = _specs(50, seed=9, split="train")
+    # no weights (or empty ones) draw as before: the same specs from the same generator
+    rng = np.random.default_rng(9)
+    assert [sample_spec(rng, "train", {}) for _ in range(50)] == plain
+    rng = np.random.default_rng(10)
+    weights = {"bouncing diagonally": 3.0, "still": 0.0}
+    counts = collections.Counter(sample_spec(rng, "train", weights).motion for _ in range(n))
+    # expected shares from the pool of training combinations, weighted by motion (not a flat 3 / 8)
+    pool = [m for (_, _, m) in TRAIN_COMBOS]
+    w = {m: weights.get(m, 1.0) * pool.count(m) for m in MOTIONS}
+    total = sum(w.values())
+    assert counts["still"] == 0
+    for m in MOTIONS:
+        share = w[m] / total
+        assert abs(counts[m] / n - share) < 4 * np.sqrt(share * (1 - share) / n) + 1e-9, (m, counts[m] / n, share)
+    assert counts["bouncing diagonally"] > 2.5 * counts["moving left"]
+    for bad in ({"diagonal": 2.0}, {"still": -1.0}, {m: 0.0 for m in MOTIONS}):
+        with pytest.raises(ValueError, match="motion_weights"):
+            sample_spec(rng, "train", bad)

@@ -129,6 +129,32 @@ def test_export_teacher_writes_a_loadable_model_card(setup, tmp_path):
     r = subprocess.run(base + ["--out", str(tmp_path / "t3"), "--checkpoint", str(tmp_path)], env=ENV, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0 and "not a teacher checkpoint" in r.stderr
+    # --average: the mean of two checkpoints' EMA weights, said so in the card
+    new = run_dir / "checkpoints" / "step_0000004"
+    r = subprocess.run(base + ["--out", str(tmp_path / "t4"), "--checkpoint", str(new), "--average", str(old)], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, a, b = (lf(str(p)) for p in (tmp_path / "t4" / "transformer.safetensors", new / "ema.safetensors",
+                                      old / "ema.safetensors"))
+    assert torch_equal_half(got, {k: (a[k] + b[k]) / 2 for k in a})
+    assert not torch_equal_half(got, a) and "averaged uniformly with the EMA weights of" in (tmp_path / "t4" / "README.md").read_text()
+
+
+def test_average_weights_refuses_checkpoints_of_different_models(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from streamgen.checkpoint import average_weights
+
+    for name, shape in (("a", (2, 3)), ("b", (2, 3)), ("c", (3, 3))):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.full(shape, float(ord(name)))}, str(tmp_path / name / "ema.safetensors"))
+    assert average_weights([tmp_path / "a", tmp_path / "b"])["w"].tolist() == [[97.5] * 3] * 2
+    with pytest.raises(ValueError, match="'w' is \\(3, 3\\)"):
+        average_weights([tmp_path / "a", tmp_path / "c"])
+    with pytest.raises(FileNotFoundError, match="has no ema.safetensors"):
+        average_weights([tmp_path / "a", tmp_path])
 
 
 def torch_equal_half(a: dict, b: dict) -> bool:

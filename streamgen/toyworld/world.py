@@ -258,17 +258,28 @@ def is_heldout(spec: Attributes | tuple[str, str, str]) -> bool:
     return combo in HELDOUT_COMBOS
 
 
-def sample_spec(rng: np.random.Generator, split: Split = "train") -> ClipSpec:
+def sample_spec(rng: np.random.Generator, split: Split = "train",
+                motion_weights: Mapping[str, float] | None = None) -> ClipSpec:
     """Draw a valid random ClipSpec.
 
     split: "train" never returns a held-out (shape, colour, motion) combination,
     "heldout" only returns held-out ones, "any" draws from all combinations.
+    motion_weights: relative weight of each combination by its motion (a motion not named weighs 1); None or
+    empty draws every combination of the split equally often (and uses the generator as before weights existed).
     Background is uniform over the colours other than the object's; speed uniform over
     slowly / default / quickly for moving motions; size an integer in [SIZE_MIN, SIZE_MAX];
     centre uniform in the reachable range shrunk by START_MARGIN_PX.
     """
     pool = _combo_pool(split)
-    return _spec_for_combo(rng, pool[int(rng.integers(len(pool)))])
+    if not motion_weights:
+        return _spec_for_combo(rng, pool[int(rng.integers(len(pool)))])
+    bad = sorted(set(motion_weights) - set(MOTIONS))
+    if bad or any(w < 0 for w in motion_weights.values()):
+        raise ValueError(f"motion_weights takes non-negative weights for some of {list(MOTIONS)}, got {dict(motion_weights)}")
+    w = np.array([float(motion_weights.get(m, 1.0)) for _, _, m in pool])
+    if w.sum() <= 0:
+        raise ValueError(f"motion_weights leaves no combination of split {split!r} to draw: {dict(motion_weights)}")
+    return _spec_for_combo(rng, pool[int(rng.choice(len(pool), p=w / w.sum()))])
 
 
 def stratified_specs(n: int, split: Split = "train", seed: int = 1234) -> list[ClipSpec]:
