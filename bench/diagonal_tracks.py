@@ -13,6 +13,8 @@ noises (and, as the reference, the same specs rendered and encoded):
 - ``both_axes``: share whose mean |vx|, |vy| have ratio min / max >= the detector's ``diagonal_ratio``;
 - ``weak_axis``: median of that ratio (1 = a true diagonal, 0 = an axis motion);
 - ``speed``: median per-axis |v| over the real clips'.
+
+Tracks are read with ``vae.tracks`` (px/frame, of the unfolded path with ``unfolded_tracks``).
 """
 from __future__ import annotations
 
@@ -37,12 +39,6 @@ from streamgen.toyworld.detector import DEFAULT_CONFIG  # noqa: E402
 from streamgen.toyworld.render import render_batch  # noqa: E402
 from streamgen.toyworld.world import DIAGONAL, stratified_specs  # noqa: E402
 from streamgen.vae import load_vae, pixel_frames  # noqa: E402
-
-
-def raw_tracks(vae, latents: torch.Tensor) -> np.ndarray:
-    """``[B, f - 1, 2]``: the (vx, vy) of each later latent frame, unnormalised (spatial mean of the track field)."""
-    t = latents[:, -vae.track_channels:, 1:].float().mean((-1, -2)).transpose(1, 2)  # [B, f-1, track_channels]
-    return (t * vae.track_std + vae.track_mean)[..., :2].numpy()
 
 
 def track_stats(v: np.ndarray, ref_speed: np.ndarray, ratio: float) -> dict:
@@ -72,7 +68,7 @@ def main(argv=None) -> None:
     text = load_text_encoder(cfg.text.encoder, cfg.text.path or None, max_length=cfg.text.max_length)
     specs = [s for s in stratified_specs(args.prompts * 8, "train", args.seed) if s.motion == DIAGONAL][: args.prompts]
     n_frames = pixel_frames(cfg.train.latent_frames, vae.temporal)
-    real = raw_tracks(vae, encode_frames(vae, np.stack([render_batch([s], n_frames)[0] for s in specs])))
+    real = vae.tracks(encode_frames(vae, np.stack([render_batch([s], n_frames)[0] for s in specs])))[..., :2].numpy()
     ref = np.abs(real).mean((1, 2))  # [P] per-axis speed of each prompt's real clip
     h, w = cfg.video.height // vae.spatial, cfg.video.width // vae.spatial
     sig = teacher_sigmas(args.steps, cfg.train.timestep_shift)
@@ -87,7 +83,7 @@ def main(argv=None) -> None:
             for k in range(args.noises):
                 g = torch.Generator().manual_seed(args.seed + 1000 * i + k)
                 noise = torch.randn(1, vae.z_dim, cfg.train.latent_frames, h, w, generator=g)
-                tracks.append(raw_tracks(vae, sample_full(model, ctx, uncond, noise, sig, args.cfg))[0])
+                tracks.append(vae.tracks(sample_full(model, ctx, uncond, noise, sig, args.cfg).float())[0, :, :2].numpy())
                 refs.append(ref[i])
         rows.append(dict(source=weights, samples=len(tracks), **track_stats(np.stack(tracks), np.array(refs), ratio)))
         print(table(rows[-1:]), flush=True)

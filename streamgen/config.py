@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from .toyworld.world import MOTIONS
+from .toyworld.world import check_motion_weights
 
 VAE_SPATIAL = 8  # pixels per latent position in each direction (the Wan VAE's compression, and ours)
 
@@ -342,11 +342,10 @@ class TrainConfig:
         bad = [a for a in self.swap_attributes if a not in SWAPPABLE]
         if bad or not self.swap_attributes:
             raise ConfigError(f"train.swap_attributes takes some of {list(SWAPPABLE)}, got {list(self.swap_attributes)}")
-        bad = sorted(set(self.motion_weights) - set(MOTIONS))
-        if bad or any(w < 0 for w in self.motion_weights.values()) or (
-                self.motion_weights and sum(self.motion_weights.get(m, 1.0) for m in MOTIONS) <= 0):
-            raise ConfigError(f"train.motion_weights maps some of {list(MOTIONS)} to weights >= 0 (not all 0), "
-                              f"got {dict(self.motion_weights)}")
+        try:
+            check_motion_weights(self.motion_weights)
+        except ValueError as e:
+            raise ConfigError(f"train.{e}") from None
         if self.swap_input > 0 and self.crop > 0:
             raise ConfigError("train.swap_input does not combine with object crops yet (the crop of the re-rendered "
                               "clip would be taken elsewhere): set train.crop=0 and train.crop_every=0, or swap_input=0")

@@ -258,6 +258,14 @@ def is_heldout(spec: Attributes | tuple[str, str, str]) -> bool:
     return combo in HELDOUT_COMBOS
 
 
+def check_motion_weights(motion_weights: Mapping[str, float]) -> None:
+    """Raise ValueError unless ``motion_weights`` maps motions to weights >= 0, not all 0 (unnamed motions weigh 1)."""
+    bad = sorted(set(motion_weights) - set(MOTIONS))
+    if bad or any(w < 0 for w in motion_weights.values()) or sum(motion_weights.get(m, 1.0) for m in MOTIONS) <= 0:
+        raise ValueError(f"motion_weights maps some of {list(MOTIONS)} to weights >= 0 (not all 0), "
+                         f"got {dict(motion_weights)}")
+
+
 def sample_spec(rng: np.random.Generator, split: Split = "train",
                 motion_weights: Mapping[str, float] | None = None) -> ClipSpec:
     """Draw a valid random ClipSpec.
@@ -273,9 +281,7 @@ def sample_spec(rng: np.random.Generator, split: Split = "train",
     pool = _combo_pool(split)
     if not motion_weights:
         return _spec_for_combo(rng, pool[int(rng.integers(len(pool)))])
-    bad = sorted(set(motion_weights) - set(MOTIONS))
-    if bad or any(w < 0 for w in motion_weights.values()):
-        raise ValueError(f"motion_weights takes non-negative weights for some of {list(MOTIONS)}, got {dict(motion_weights)}")
+    check_motion_weights(motion_weights)
     w = np.array([float(motion_weights.get(m, 1.0)) for _, _, m in pool])
     if w.sum() <= 0:
         raise ValueError(f"motion_weights leaves no combination of split {split!r} to draw: {dict(motion_weights)}")
@@ -337,5 +343,5 @@ __all__ = [
     "PALETTE_RGB", "PULSE_AMPLITUDE", "PULSE_PERIOD_FRAMES", "PULSE_PERIOD_S", "SHAPES",
     "SHAPE_EXTENTS", "SIZE_MAX", "SIZE_MIN", "SPEED_NAMES", "SPEED_PX", "STAR_INNER_RATIO",
     "STAR_POINTS", "START_MARGIN_PX", "STATIC_MOTIONS", "TRAIN_COMBOS", "axis_speeds",
-    "centre_bounds", "is_heldout", "max_size", "sample_spec", "speed_px", "stratified_specs",
+    "centre_bounds", "check_motion_weights", "is_heldout", "max_size", "sample_spec", "speed_px", "stratified_specs",
 ]
